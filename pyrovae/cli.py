@@ -1,0 +1,165 @@
+"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``.
+
+``train``'s flags are generated from :class:`pyrovae.config.TrainConfig` (one flag per field,
+its help from the field's metadata). Bad input prints one line naming the argument, the value
+seen and what is allowed, and exits with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pyrovae.config import CONFIG_FIELDS, TrainConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for name, f in CONFIG_FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if "choices" in f.metadata:
+            help_text += f" {{{', '.join(f.metadata['choices']())}}}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text += f" (default: {default})"
+        kind = str(f.type)
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+            continue
+        base = {"int": int, "float": float}.get(kind.split(" ")[0].removeprefix("list["
+                                                 ).removesuffix("]"), str)
+        extra = {"nargs": "+"} if kind.startswith("list") else {}
+        parser.add_argument(flag, type=base, default=None, help=help_text,
+                            metavar=name.upper(), **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pyrovae", description="Variational autoencoders as Pyro "
+                     "model/guide pairs, trained by SVI (Doersch's tutorial, in code).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a VAE into a run folder",
+                                description="Train a VAE by SVI. Writes config.json, "
+                                "metrics.jsonl, checkpoint.pt and figures/*.png into --out.")
+    _add_config_flags(train)
+    train.add_argument("--config", type=Path, help="JSON file of config fields; flags given "
+                       "on the command line override it")
+    train.add_argument("--out", type=Path, help="run folder (default: a new folder under "
+                       "runs/)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from "
+                       "its checkpoint (with its saved config; --epochs sets the new total)")
+    train.add_argument("--force", action="store_true", help="overwrite the run files of an "
+                       "existing --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sample = commands.add_parser("sample", help="draw samples from a trained model")
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    sample.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    sample.add_argument("--out", type=Path, help="PNG path (default: "
+                        "RUN_DIR/figures/samples.png)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    evaluate = commands.add_parser("evaluate", help="test ELBO of a trained model; writes "
+                                   "RUN_DIR/evaluation.json")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--batch-size", type=int, default=1000,
+                          help="evaluation batch size (default: 1000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A TrainConfig from ``--config`` (if given) overridden by the flags that were given."""
+    values = {}
+    if args.config is not None:
+        values = json.loads(args.config.read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object")
+    values.update({k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not None})
+    return TrainConfig.from_dict(values)
+
+
+def _train(args) -> int:
+    from pyrovae.runs import train_run
+
+    config = config_from_args(args)
+    run_dir = train_run(config, args.out, resume=args.resume, force=args.force,
+                        progress=False if args.quiet else None)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = history[-1]
+    print(f"trained {last['epoch']} epochs: train ELBO {last['train_elbo']:.2f}, test ELBO "
+          f"{last['test_elbo']:.2f} nats per datum; run folder {run_dir}")
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from pyrovae.plots import plot_samples
+    from pyrovae.runs import load_run
+
+    if args.n < 1:
+        raise ValueError(f"-n must be >= 1, got {args.n}")
+    vae, _config = load_run(args.run_dir)
+    torch.manual_seed(args.seed)
+    path = plot_samples(vae, args.out or args.run_dir / "figures" / "samples.png", n=args.n)
+    print(f"wrote {args.n} samples to {path}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import pyro
+
+    from pyrovae.data import load_dataset
+    from pyrovae.evaluation import evaluate_elbo
+    from pyrovae.runs import load_run, prepare_data, write_json
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    vae, config = load_run(args.run_dir, args.device)
+    data = load_dataset(config.dataset, config.data_dir, download=False)
+    data = prepare_data(config, vae, data, vae.device)
+    pyro.set_rng_seed(args.seed)
+    result = {
+        "test_elbo": evaluate_elbo(vae, data.test_x, args.batch_size, config.elbo),
+        "n_test": len(data.test_x),
+        "estimator": config.elbo,
+        "units": "nats per datum",
+        "seed": args.seed,
+    }
+    write_json(args.run_dir / "evaluation.json", result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pyrovae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Run configuration: one dataclass, validated with clear errors, saved as ``config.json``.
+
+Every field of :class:`TrainConfig` is a ``pyrovae train`` flag (``z_dim`` -> ``--z-dim``);
+its ``help`` metadata is the flag's help text, so the CLI and this file cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyrovae.data import BINARIZE_MODES, DATASETS
+from pyrovae.estimators import ESTIMATORS
+from pyrovae.likelihoods import LIKELIHOODS
+from pyrovae.networks import ACTIVATIONS
+from pyrovae.priors import PRIORS
+from pyrovae.training import STEPPERS
+
+
+def _f(default, help: str, **extra):
+    """A dataclass field with CLI help text (and optional ``choices``) in its metadata."""
+    kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) \
+        else {"default": default}
+    return field(metadata={"help": help, **extra}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults: the ~1-minute CPU digits demo."""
+
+    dataset: str = _f("digits", "data set", choices=DATASETS.names)
+    data_dir: str | None = _f(None, "folder holding torchvision-layout data (default "
+                              "$PYROVAE_DATA or ~/.cache/pyrovae)")
+    download: bool = _f(False, "let torchvision download a missing data set")
+    binarize: str = _f("none", "binarise pixels: none, static (sampled once, fixed seed) or "
+                       "dynamic (resampled every batch)", choices=lambda: list(BINARIZE_MODES))
+    likelihood: str = _f("gaussian", "P(X|z)", choices=LIKELIHOODS.names)
+    sigma: float = _f(0.1, "standard deviation of the fixed-sigma Gaussian likelihood, in "
+                      "pixel units (data in [0, 1])")
+    prior: str = _f("standard_normal", "P(z)", choices=PRIORS.names)
+    z_dim: int = _f(2, "latent dimension k (2 also draws figures/latent.png)")
+    hidden: list[int] = _f([256], "encoder hidden widths; the decoder mirrors them")
+    activation: str = _f("relu", "hidden activation", choices=ACTIVATIONS.names)
+    elbo: str = _f("trace", "ELBO estimator used for training and evaluation",
+                   choices=ESTIMATORS.names)
+    particles: int = _f(1, "Monte-Carlo particles per step")
+    stepper: str = _f("fast", "fast: sync-free loss + torch Adam; svi: pyro.infer.SVI + "
+                      "pyro.optim.Adam (the reference)", choices=lambda: list(STEPPERS))
+    epochs: int = _f(200, "number of passes over the training data")
+    batch_size: int = _f(64, "mini-batch size (the last partial batch is dropped)")
+    lr: float = _f(3e-3, "Adam learning rate")
+    clip_norm: float | None = _f(None, "clip each parameter's gradient to this L2 norm")
+    seed: int = _f(0, "random seed (torch, NumPy, Python)")
+    device: str = _f("auto", "auto (CUDA when available), cpu or cuda[:N]")
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
+        for name in ("dataset", "likelihood", "prior", "activation", "elbo", "stepper",
+                     "binarize"):
+            choices = _choices(name)
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("z_dim", "epochs", "batch_size", "particles"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer; got {self.seed!r}")
+        for name in ("sigma", "lr") + (("clip_norm",) if self.clip_norm is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more integers >= 1; got {self.hidden!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. a ``config.json``); unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**values).validate()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        """Read a JSON config file."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+        return cls.from_dict(values)
+
+
+def _choices(name: str) -> list[str]:
+    choices = CONFIG_FIELDS[name].metadata["choices"]
+    return choices()
+
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -1,0 +1,222 @@
+"""Data sets as tensors, binarisation, and a device-resident batch iterator.
+
+Every data set is returned as a :class:`Dataset` of float32 images in [0, 1] with shape
+``(N, 1, H, W)`` and int64 labels of shape ``(N,)``:
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, values 0..16 scaled
+  to [0, 1]), split 1,497 / 300 by a fixed seed. The embedded default: nothing is downloaded.
+- ``mnist``, ``fashion-mnist``, ``kmnist``: 28x28 images through torchvision, read from
+  ``data_dir`` (default ``$PYROVAE_DATA`` or ``~/.cache/pyrovae``) in torchvision's layout
+  (``MNIST/raw/...``). Gzipped raw files (``*.gz``) are decompressed once with torchvision's
+  own utility, beside them or, where that folder is read-only, under the default cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pyrovae.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+BINARIZE_MODES = ("none", "static", "dynamic")
+DIGITS_TEST_SIZE = 300
+SPLIT_SEED = 0  # the digits split is fixed, whatever the run's seed, so test sets compare
+
+
+@dataclass
+class Dataset:
+    """Images in [0, 1] and their labels.
+
+    Attributes:
+        name: registry name of the data set.
+        train_x: float32, shape ``(N_train, 1, H, W)``.
+        train_y: int64, shape ``(N_train,)``.
+        test_x: float32, shape ``(N_test, 1, H, W)``.
+        test_y: int64, shape ``(N_test,)``.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one datum, e.g. ``(1, 28, 28)``."""
+        return tuple(self.train_x.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same data on ``device`` (moved once; batches are then cut on the device)."""
+        return Dataset(
+            self.name,
+            *(t.to(device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)),
+        )
+
+
+def default_data_dir() -> Path:
+    """``$PYROVAE_DATA`` if set, else ``~/.cache/pyrovae``."""
+    return Path(os.environ.get("PYROVAE_DATA") or Path.home() / ".cache" / "pyrovae")
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, download: bool = False
+) -> Dataset:
+    """Load the registered data set ``name`` (see the module docstring for the choices)."""
+    loader = DATASETS.get(name)
+    dataset = loader(Path(data_dir) if data_dir else default_data_dir(), download)
+    check_images(dataset.train_x, f"dataset {name!r} training images")
+    check_images(dataset.test_x, f"dataset {name!r} test images")
+    return dataset
+
+
+def check_images(x: torch.Tensor, what: str = "data") -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``x`` is a non-empty finite float image batch.
+
+    Args:
+        x: expected float32/float64 of shape ``(N, C, H, W)`` with N >= 1.
+        what: how the message names the data.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{what} must have shape (N, C, H, W), got {tuple(x.shape)} ({x.dim()} dims)"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is empty (shape {tuple(x.shape)})")
+    bad = (~torch.isfinite(x)).sum().item()
+    if bad:
+        raise ValueError(f"{what} contain {bad} NaN or infinite values; clean the data first")
+
+
+@DATASETS.register("digits")
+def _load_digits(data_dir: Path, download: bool) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
+    return Dataset("digits", x[train], y[train], x[test], y[test])
+
+
+def _torchvision_loader(registry_name: str, class_name: str):
+    def load(data_dir: Path, download: bool) -> Dataset:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        root = _prepare_torchvision_root(cls, data_dir, download, registry_name)
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=False)
+        return Dataset(
+            registry_name,
+            train.data.unsqueeze(1).float() / 255.0,
+            train.targets.long(),
+            test.data.unsqueeze(1).float() / 255.0,
+            test.targets.long(),
+        )
+
+    return load
+
+
+def _prepare_torchvision_root(cls, data_dir: Path, download: bool, name: str) -> Path:
+    """Return a root where torchvision finds ``cls``'s decompressed raw files.
+
+    Decompresses ``*.gz`` raw files with ``torchvision.datasets.utils.extract_archive`` once;
+    when ``data_dir`` is read-only, into the same layout under :func:`default_data_dir`.
+    """
+    from torchvision.datasets.utils import extract_archive
+
+    files = [filename for filename, _md5 in cls.resources]  # e.g. train-images-idx3-ubyte.gz
+    raw = data_dir / cls.__name__ / "raw"
+
+    def missing(folder: Path) -> list[str]:
+        return [f for f in files if not (folder / f.removesuffix(".gz")).is_file()]
+
+    if not missing(raw) or download:
+        return data_dir
+    gz_missing = [f for f in files if not (raw / f).is_file()]
+    if [f for f in missing(raw) if f in gz_missing]:
+        looked = ", ".join(str(raw / f) for f in files)
+        raise FileNotFoundError(
+            f"dataset {name!r} not found: looked for {looked} (gzipped or not); "
+            f"pass --download to fetch it, or --data-dir pointing at a folder holding "
+            f"{cls.__name__}/raw/"
+        )
+    root = data_dir if os.access(raw, os.W_OK) else default_data_dir()
+    target = root / cls.__name__ / "raw"
+    if root != data_dir and not missing(target):
+        return root
+    target.mkdir(parents=True, exist_ok=True)
+    for f in missing(target):
+        extract_archive(str(raw / f), str(target))
+    return root
+
+
+DATASETS.register("mnist", _torchvision_loader("mnist", "MNIST"))
+DATASETS.register("fashion-mnist", _torchvision_loader("fashion-mnist", "FashionMNIST"))
+DATASETS.register("kmnist", _torchvision_loader("kmnist", "KMNIST"))
+
+
+def binarize(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
+    """Binarise images ahead of training.
+
+    ``none`` returns ``x``; ``static`` samples each pixel once from Bernoulli(grey level) with
+    a fixed ``seed`` (the same binary data set every run); ``dynamic`` also returns ``x``
+    unchanged, since it is resampled per batch by :class:`DeviceBatches`.
+    """
+    check_binarize_mode(mode)
+    if mode != "static":
+        return x
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    return torch.bernoulli(x, generator=generator)
+
+
+def check_binarize_mode(mode: str) -> None:
+    if mode not in BINARIZE_MODES:
+        raise ValueError(f"binarize must be one of {', '.join(BINARIZE_MODES)}; got {mode!r}")
+
+
+class DeviceBatches:
+    """Mini-batches cut from a tensor that lives on the device, in a fresh order each epoch.
+
+    The order is a ``torch.randperm`` on the data's device drawn from the global torch RNG
+    (so seeding torch and saving its RNG state makes the order reproducible). The last partial
+    batch is dropped so that every batch has the static shape ``(batch_size, *x.shape[1:])``
+    (a requirement of CUDA-graph capture); each epoch therefore sees
+    ``len(self) * batch_size`` data, and the dropped ones differ from epoch to epoch.
+
+    Args:
+        x: data on its final device, shape ``(N, ...)``.
+        batch_size: at most N.
+        dynamic_binarize: resample each batch from Bernoulli(x) as it is drawn.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, dynamic_binarize: bool = False):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size > len(x):
+            raise ValueError(
+                f"batch_size {batch_size} is larger than the data set ({len(x)} training "
+                f"images); use at most {len(x)}"
+            )
+        self.x = x
+        self.batch_size = batch_size
+        self.dynamic_binarize = dynamic_binarize
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), device=self.x.device)
+        for i in range(len(self)):
+            batch = self.x[order[i * self.batch_size : (i + 1) * self.batch_size]]
+            yield torch.bernoulli(batch) if self.dynamic_binarize else batch

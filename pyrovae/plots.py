@@ -1,0 +1,114 @@
+"""Figures: sample grids, reconstructions, ELBO curves, the 2-D latent map.
+
+Each function writes one PNG and returns its path. Images are tensors of shape
+``(N, C, H, W)`` with values in [0, 1] (C = 1 for grey images).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyrovae.model import VAE  # noqa: E402
+
+
+def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
+    """Tile ``(N, C, H, W)`` images into one ``(rows*H + rows-1, cols*W + cols-1)`` array.
+
+    Tiles are separated by 1-pixel white lines; grey images only use channel 0.
+    """
+    images = images.detach().float().cpu().clamp(0, 1)[:, 0]
+    n, h, w = images.shape
+    cols = math.ceil(n / rows)
+    grid = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i]
+    return grid
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _show_grid(grid: torch.Tensor, title: str, path: str | Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_samples(vae: VAE, path: str | Path, n: int = 64) -> Path:
+    """Decoder means f(z) of ``n`` prior draws z ~ P(z), on a square-ish grid."""
+    images = vae.sample(n)
+    return _show_grid(image_grid(images, rows=int(math.sqrt(n))),
+                      f"{n} samples: decoder means of z ~ P(z)", path)
+
+
+def plot_reconstructions(vae: VAE, x: torch.Tensor, path: str | Path, n: int = 16) -> Path:
+    """Rows of test images (odd rows) above their reconstructions (even rows)."""
+    x = x[:n]
+    recon = vae.reconstruct(x)
+    per_row = min(8, len(x))
+    pairs = []
+    for start in range(0, len(x), per_row):
+        pairs += [x[start:start + per_row], recon[start:start + per_row]]
+    rows = len(pairs)
+    padded = [torch.cat([p, torch.ones(per_row - len(p), *p.shape[1:], device=p.device)])
+              for p in pairs]
+    grid = image_grid(torch.cat(padded), rows=rows)
+    return _show_grid(grid, "test images (odd rows) and reconstructions (even rows)", path)
+
+
+def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
+    """Train and test ELBO (nats per datum) by epoch."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [m["epoch"] for m in history]
+    for key, label in (("train_elbo", "train"), ("test_elbo", "test")):
+        values = [m.get(key) for m in history]
+        if any(v is not None for v in values):
+            ax.plot(epochs, values, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per datum, higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_latent(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: str | Path,
+                grid_size: int = 15) -> Path:
+    """For ``z_dim == 2``: test codes mu(X) coloured by label, and the decoded manifold.
+
+    The manifold decodes z on a ``grid_size`` x ``grid_size`` lattice of standard-normal
+    quantiles (5% to 95%), as in Kingma and Welling's figure 4.
+    """
+    if vae.z_dim != 2:
+        raise ValueError(f"plot_latent needs z_dim == 2, the model has z_dim {vae.z_dim}")
+    loc = vae.encoder(x)[0].cpu()
+    quantiles = torch.linspace(0.05, 0.95, grid_size)
+    axis = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
+    z = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
+    images = vae.decode(z.to(vae.device))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
+    points = left.scatter(loc[:, 0], loc[:, 1], c=labels.cpu(), cmap="tab10", s=6)
+    fig.colorbar(points, ax=left, label="label")
+    left.set_title("test codes: posterior means mu(X)")
+    left.set_xlabel("z[0]")
+    left.set_ylabel("z[1]")
+    right.imshow(image_grid(images, rows=grid_size).numpy(), cmap="gray", vmin=0, vmax=1)
+    right.set_title("decoded z on a grid of N(0, 1) quantiles")
+    right.axis("off")
+    return _save(fig, path)

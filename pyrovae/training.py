@@ -1,0 +1,240 @@
+"""The SVI loop: steppers, epochs, progress, metrics, trainer state for checkpoints.
+
+Two steppers train the same model/guide with the same estimator:
+
+- ``fast`` (default): the estimator's sync-free ``differentiable_loss``, ``backward()`` and a
+  ``torch.optim.Adam`` over ``vae.parameters()`` (``capturable=True`` on CUDA). The loss is
+  accumulated on the device and read once per epoch: no host-device sync inside the step
+  (checked by a test under :class:`pyrovae.sync_guard.SyncGuard`; on the CPU, the
+  non-capturable Adam reads its step counter, which is host memory there anyway).
+- ``svi``: the reference, ``pyro.infer.SVI`` with ``pyro.optim.Adam``. Pyro's ``SVI.step``
+  returns the loss as a Python float, so it synchronises once per step.
+
+Gradient clipping (``clip_norm``) clips each parameter's gradient to that L2 norm, as
+``pyro.optim``'s ``clip_args={"clip_norm": ...}`` does, in both steppers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import Callable
+
+import pyro
+import pyro.optim
+import torch
+from tqdm.auto import tqdm
+
+from pyrovae.data import DeviceBatches
+from pyrovae.estimators import Estimator, build_estimator
+from pyrovae.evaluation import evaluate_elbo
+from pyrovae.model import VAE
+
+logger = logging.getLogger(__name__)
+STEPPERS = ("fast", "svi")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; refuses CUDA on a machine without it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; "
+                         "use --device cpu or auto")
+    return resolved
+
+
+def clip_per_parameter(params: list[torch.Tensor], clip_norm: float) -> None:
+    """Scale each gradient to L2 norm <= ``clip_norm`` (on the device, no sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    coefs = [torch.clamp(clip_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)
+
+
+class FastStepper:
+    """One SVI step as ``loss.backward(); adam.step()``, the loss summed on the device."""
+
+    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None):
+        self.vae, self.estimator, self.clip_norm = vae, estimator, clip_norm
+        self.params = list(vae.parameters())
+        capturable = self.params[0].device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, capturable=capturable)
+        self.loss_sum = torch.zeros((), device=self.params[0].device)
+
+    def step(self, x: torch.Tensor) -> None:
+        """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
+        self.optimizer.zero_grad(set_to_none=False)
+        loss = self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
+        loss.backward()
+        if self.clip_norm is not None:
+            clip_per_parameter(self.params, self.clip_norm)
+        self.optimizer.step()
+        self.loss_sum += loss.detach()
+
+    def take_loss(self) -> float:
+        """Read (one sync) and reset the accumulated loss."""
+        value = float(self.loss_sum)
+        self.loss_sum.zero_()
+        return value
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class SVIStepper:
+    """The reference: ``pyro.infer.SVI(model, guide, pyro.optim.Adam, estimator)``."""
+
+    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None):
+        clip_args = {"clip_norm": clip_norm} if clip_norm is not None else None
+        self.optimizer = pyro.optim.Adam({"lr": lr}, clip_args=clip_args)
+        self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, estimator.pyro_elbo())
+        self.loss_sum = 0.0
+
+    def step(self, x: torch.Tensor) -> None:
+        self.loss_sum += self.svi.step(x)  # a Python float: Pyro syncs here, every step
+
+    def take_loss(self) -> float:
+        value, self.loss_sum = self.loss_sum, 0.0
+        return value
+
+    def state_dict(self) -> dict:
+        return self.optimizer.get_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.set_state(state)
+
+
+class Trainer:
+    """Trains a :class:`~pyrovae.model.VAE` by SVI, epoch by epoch.
+
+    Args:
+        vae: the model/guide pair, already on its device.
+        estimator: an :class:`~pyrovae.estimators.Estimator` or a registered name.
+        lr: Adam learning rate (> 0).
+        clip_norm: per-parameter gradient norm clip, or ``None``.
+        stepper: ``"fast"`` or ``"svi"`` (see the module docstring).
+        particles: Monte-Carlo particles per step when ``estimator`` is a name.
+
+    The process-global Pyro parameter store is cleared on construction: a process trains
+    one model at a time (stale entries of an earlier model would shadow this one's in SVI).
+    """
+
+    def __init__(self, vae: VAE, estimator: Estimator | str = "trace", lr: float = 1e-3,
+                 clip_norm: float | None = None, stepper: str = "fast", particles: int = 1):
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        if stepper not in STEPPERS:
+            raise ValueError(f"stepper must be one of {', '.join(STEPPERS)}; got {stepper!r}")
+        pyro.clear_param_store()
+        self.vae = vae
+        self.estimator = build_estimator(estimator, particles) if isinstance(estimator, str) \
+            else estimator
+        step_class = FastStepper if stepper == "fast" else SVIStepper
+        self.stepper = step_class(vae, self.estimator, lr, clip_norm)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def fit(
+        self,
+        train_x: torch.Tensor,
+        epochs: int,
+        batch_size: int = 128,
+        test_x: torch.Tensor | None = None,
+        dynamic_binarize: bool = False,
+        on_epoch_end: Callable[["Trainer", dict], None] | None = None,
+        progress: bool | None = None,
+    ) -> list[dict]:
+        """Train until ``self.epoch == epochs`` (so a restored trainer continues where it was).
+
+        Args:
+            train_x: ``(N, *data_shape)`` on the model's device.
+            epochs: total number of epochs to reach.
+            batch_size: mini-batch size; the last partial batch of each epoch is dropped.
+            test_x: optional held-out data; its ELBO is measured after each epoch.
+            dynamic_binarize: resample binary data from the grey levels in every batch.
+            on_epoch_end: called with ``(trainer, metrics)`` after each epoch (checkpoints).
+            progress: show a tqdm bar; ``None`` shows it only on a terminal.
+
+        Returns:
+            ``self.history``: one dict per epoch with ``epoch``, ``train_elbo`` and
+            ``test_elbo`` (nats per datum, higher is better; a one-sample estimate) and
+            ``seconds`` (training time of the epoch).
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=epochs, initial=self.epoch, disable=not show, unit="epoch",
+                   desc="training")
+        while self.epoch < epochs:
+            start = time.perf_counter()
+            for x in batches:
+                self.stepper.step(x)
+            train_elbo = -self.stepper.take_loss() / (len(batches) * batch_size)
+            seconds = time.perf_counter() - start
+            self.epoch += 1
+            metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds}
+            if test_x is not None:
+                metrics["test_elbo"] = self.evaluate(test_x, batch_size)
+            self.history.append(metrics)
+            bar.set_postfix({k: f"{v:.2f}" for k, v in metrics.items() if k.endswith("elbo")})
+            bar.update(1)
+            logger.info("epoch %d: %s", self.epoch, metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(self, metrics)
+        bar.close()
+        return self.history
+
+    def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> float:
+        """ELBO of ``x`` in nats per datum, drawn from a forked RNG (training is unaffected)."""
+        with torch.random.fork_rng(devices=_cuda_devices(x)):
+            return evaluate_elbo(self.vae, x, batch_size, self.estimator)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""
+        return {
+            "model": self.vae.state_dict(),
+            "optimizer": self.stepper.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.stepper.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+
+
+def _cuda_devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index or 0] if x.device.type == "cuda" else []
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU and every CUDA device) random states."""
+    state = pyro.util.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    pyro.util.set_rng_state({k: v for k, v in state.items() if k != "cuda"})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
