@@ -50,14 +50,14 @@ class TrainConfig:
     particles: int = _f(1, "Monte-Carlo particles per step")
     stepper: str = _f("fast", "fast: sync-free loss + torch Adam; svi: pyro.infer.SVI + "
                       "pyro.optim.Adam (the reference)", choices=lambda: list(STEPPERS))
-    epochs: int = _f(200, "number of passes over the training data")
+    epochs: int = _f(100, "number of passes over the training data")
     batch_size: int = _f(64, "mini-batch size (the last partial batch is dropped)")
     lr: float = _f(3e-3, "Adam learning rate")
     clip_norm: float | None = _f(None, "clip each parameter's gradient to this L2 norm")
     seed: int = _f(0, "random seed (torch, NumPy, Python)")
     device: str = _f("auto", "auto (CUDA when available), cpu or cuda[:N]")
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
         for name in ("dataset", "likelihood", "prior", "activation", "elbo", "stepper",
                      "binarize"):
@@ -83,7 +83,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. a ``config.json``); unknown keys raise ``ValueError``."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -93,7 +93,7 @@ class TrainConfig:
         return cls(**values).validate()
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         """Read a JSON config file."""
         try:
             values = json.loads(Path(path).read_text())

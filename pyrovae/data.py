@@ -50,7 +50,7 @@ class Dataset:
         """Shape of one datum, e.g. ``(1, 28, 28)``."""
         return tuple(self.train_x.shape[1:])
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         """The same data on ``device`` (moved once; batches are then cut on the device)."""
         return Dataset(
             self.name,
@@ -185,6 +185,15 @@ def check_binarize_mode(mode: str) -> None:
         raise ValueError(f"binarize must be one of {', '.join(BINARIZE_MODES)}; got {mode!r}")
 
 
+def check_batch_size(batch_size: int, n: int) -> None:
+    """Refuse a batch size that is not a positive integer or exceeds the ``n`` data."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} training "
+                         f"images); use at most {n}")
+
+
 class DeviceBatches:
     """Mini-batches cut from a tensor that lives on the device, in a fresh order each epoch.
 
@@ -201,13 +210,7 @@ class DeviceBatches:
     """
 
     def __init__(self, x: torch.Tensor, batch_size: int, dynamic_binarize: bool = False):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if batch_size > len(x):
-            raise ValueError(
-                f"batch_size {batch_size} is larger than the data set ({len(x)} training "
-                f"images); use at most {len(x)}"
-            )
+        check_batch_size(batch_size, len(x))
         self.x = x
         self.batch_size = batch_size
         self.dynamic_binarize = dynamic_binarize

@@ -56,7 +56,10 @@ class Estimator:
         loss = 0.0
         for model_trace, guide_trace in self._elbo._get_traces(model, guide, args, kwargs):
             elbo, surrogate = self.particle_elbo(model_trace, guide_trace)
-            loss = loss - (elbo + (surrogate - surrogate.detach())) / self.num_particles
+            # value: the ELBO; gradient: the surrogate's (the ELBO's own graph is cut, as
+            # Pyro's torch_item does, or pathwise terms would count twice)
+            particle = elbo.detach() + (surrogate - surrogate.detach())
+            loss = loss - particle / self.num_particles
         return loss
 
     def particle_elbo(self, model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor]:

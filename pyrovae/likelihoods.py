@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch

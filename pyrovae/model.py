@@ -10,7 +10,7 @@ Estimators, training, evaluation and plots use this pair and never reimplement i
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist

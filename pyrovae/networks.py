@@ -9,7 +9,7 @@ keeps any leading (batch, particle) dimensions, so data stays independent across
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,8 +7,8 @@ Each function writes one PNG and returns its path. Images are tensors of shape
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 

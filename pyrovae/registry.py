@@ -7,7 +7,8 @@ and the tests' parametrisation, so a registered component is on the CLI and unde
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -27,7 +27,7 @@ import torch
 import pyrovae
 from pyrovae import plots
 from pyrovae.config import TrainConfig
-from pyrovae.data import Dataset, binarize, load_dataset
+from pyrovae.data import Dataset, binarize, check_batch_size, load_dataset
 from pyrovae.likelihoods import build_likelihood
 from pyrovae.model import VAE
 from pyrovae.training import Trainer, resolve_device
@@ -114,6 +114,7 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     data = load_dataset(config.dataset, config.data_dir, config.download)
     vae = build_vae(config, data.image_shape)
     data = prepare_data(config, vae, data, device)
+    check_batch_size(config.batch_size, len(data.train_x))
     vae.to(device)
     trainer = Trainer(vae, config.elbo, lr=config.lr, clip_norm=config.clip_norm,
                       stepper=config.stepper, particles=config.particles)

@@ -42,9 +42,17 @@ class SyncGuard(TorchDispatchMode):
     """
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in SYNC_OPS:
+        if func.overloadpacket in SYNC_OPS or _is_boolean_indexing(func, args):
             raise HostSyncError(
                 f"{func} would force a host-device synchronisation (a value read on the "
                 "host, or an output shape that depends on data)"
             )
         return func(*args, **(kwargs or {}))
+
+
+def _is_boolean_indexing(func, args) -> bool:
+    """``t[mask]`` with a boolean mask: its output size depends on the mask's values."""
+    if func.overloadpacket not in (aten.index, aten.index_put, aten._index_put_impl_):
+        return False
+    indices = args[1] if len(args) > 1 else ()
+    return any(i is not None and i.dtype == torch.bool for i in indices)

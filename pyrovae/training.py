@@ -6,7 +6,9 @@ Two steppers train the same model/guide with the same estimator:
   ``torch.optim.Adam`` over ``vae.parameters()`` (``capturable=True`` on CUDA). The loss is
   accumulated on the device and read once per epoch: no host-device sync inside the step
   (checked by a test under :class:`pyrovae.sync_guard.SyncGuard`; on the CPU, the
-  non-capturable Adam reads its step counter, which is host memory there anyway).
+  non-capturable Adam reads its step counter, which is host memory there anyway). Pyro's and
+  torch's argument validation read values on the host, so the step runs with validation off;
+  the data is checked against the likelihood's support once, before training.
 - ``svi``: the reference, ``pyro.infer.SVI`` with ``pyro.optim.Adam``. Pyro's ``SVI.step``
   returns the loss as a Python float, so it synchronises once per step.
 
@@ -20,7 +22,7 @@ import logging
 import math
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pyro
 import pyro.optim
@@ -73,7 +75,8 @@ class FastStepper:
     def step(self, x: torch.Tensor) -> None:
         """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
         self.optimizer.zero_grad(set_to_none=False)
-        loss = self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
+        with pyro.validation_enabled(False):  # validation reads values on the host
+            loss = self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
         loss.backward()
         if self.clip_norm is not None:
             clip_per_parameter(self.params, self.clip_norm)
@@ -155,7 +158,7 @@ class Trainer:
         batch_size: int = 128,
         test_x: torch.Tensor | None = None,
         dynamic_binarize: bool = False,
-        on_epoch_end: Callable[["Trainer", dict], None] | None = None,
+        on_epoch_end: Callable[[Trainer, dict], None] | None = None,
         progress: bool | None = None,
     ) -> list[dict]:
         """Train until ``self.epoch == epochs`` (so a restored trainer continues where it was).
