@@ -18,7 +18,7 @@ from pyrovae.estimators import ESTIMATORS
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.networks import ACTIVATIONS
 from pyrovae.priors import PRIORS
-from pyrovae.training import STEPPERS
+from pyrovae.steppers import COMPILE_MODES, STEPPERS
 
 
 def _f(default, help: str, **extra):
@@ -50,6 +50,9 @@ class TrainConfig:
     particles: int = _f(1, "Monte-Carlo particles per step")
     stepper: str = _f("fast", "fast: sync-free loss + torch Adam; svi: pyro.infer.SVI + "
                       "pyro.optim.Adam (the reference)", choices=lambda: list(STEPPERS))
+    compile: str = _f("auto", "auto: capture the fast step in a CUDA graph on CUDA when the "
+                      "estimator and guide allow it (the log says which and why); graph: "
+                      "insist; none: eager", choices=lambda: list(COMPILE_MODES))
     epochs: int = _f(100, "number of passes over the training data")
     batch_size: int = _f(64, "mini-batch size (the last partial batch is dropped)")
     lr: float = _f(3e-3, "Adam learning rate")
@@ -60,7 +63,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
         for name in ("dataset", "likelihood", "prior", "activation", "elbo", "stepper",
-                     "binarize"):
+                     "compile", "binarize"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; "

@@ -117,7 +117,8 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     check_batch_size(config.batch_size, len(data.train_x))
     vae.to(device)
     trainer = Trainer(vae, config.elbo, lr=config.lr, clip_norm=config.clip_norm,
-                      stepper=config.stepper, particles=config.particles)
+                      stepper=config.stepper, particles=config.particles,
+                      compile=config.compile)
     if resume:
         trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)

@@ -1,19 +1,7 @@
-"""The SVI loop: steppers, epochs, progress, metrics, trainer state for checkpoints.
+"""The SVI loop: epochs, progress, metrics, device choice, trainer state for checkpoints.
 
-Two steppers train the same model/guide with the same estimator:
-
-- ``fast`` (default): the estimator's sync-free ``differentiable_loss``, ``backward()`` and a
-  ``torch.optim.Adam`` over ``vae.parameters()`` (``capturable=True`` on CUDA). The loss is
-  accumulated on the device and read once per epoch: no host-device sync inside the step
-  (checked by a test under :class:`pyrovae.sync_guard.SyncGuard`; on the CPU, the
-  non-capturable Adam reads its step counter, which is host memory there anyway). Pyro's and
-  torch's argument validation read values on the host, so the step runs with validation off;
-  the data is checked against the likelihood's support once, before training.
-- ``svi``: the reference, ``pyro.infer.SVI`` with ``pyro.optim.Adam``. Pyro's ``SVI.step``
-  returns the loss as a Python float, so it synchronises once per step.
-
-Gradient clipping (``clip_norm``) clips each parameter's gradient to that L2 norm, as
-``pyro.optim``'s ``clip_args={"clip_norm": ...}`` does, in both steppers.
+The step itself is a stepper's job (:mod:`pyrovae.steppers`): ``fast`` (sync-free, optionally
+a CUDA graph) or ``svi`` (the reference, ``pyro.infer.SVI``). The loss is read once per epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +13,6 @@ import time
 from collections.abc import Callable
 
 import pyro
-import pyro.optim
 import torch
 from tqdm.auto import tqdm
 
@@ -33,9 +20,11 @@ from pyrovae.data import DeviceBatches
 from pyrovae.estimators import Estimator, build_estimator
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
+from pyrovae.steppers import COMPILE_MODES, STEPPERS, FastStepper, SVIStepper, graph_capturable
 
 logger = logging.getLogger(__name__)
-STEPPERS = ("fast", "svi")
+__all__ = ["COMPILE_MODES", "STEPPERS", "FastStepper", "SVIStepper", "Trainer",
+           "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -52,73 +41,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def clip_per_parameter(params: list[torch.Tensor], clip_norm: float) -> None:
-    """Scale each gradient to L2 norm <= ``clip_norm`` (on the device, no sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    norms = torch._foreach_norm(grads)
-    coefs = [torch.clamp(clip_norm / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
-
-
-class FastStepper:
-    """One SVI step as ``loss.backward(); adam.step()``, the loss summed on the device."""
-
-    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None):
-        self.vae, self.estimator, self.clip_norm = vae, estimator, clip_norm
-        self.params = list(vae.parameters())
-        capturable = self.params[0].device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, capturable=capturable)
-        self.loss_sum = torch.zeros((), device=self.params[0].device)
-
-    def step(self, x: torch.Tensor) -> None:
-        """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
-        self.optimizer.zero_grad(set_to_none=False)
-        with pyro.validation_enabled(False):  # validation reads values on the host
-            loss = self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
-        loss.backward()
-        if self.clip_norm is not None:
-            clip_per_parameter(self.params, self.clip_norm)
-        self.optimizer.step()
-        self.loss_sum += loss.detach()
-
-    def take_loss(self) -> float:
-        """Read (one sync) and reset the accumulated loss."""
-        value = float(self.loss_sum)
-        self.loss_sum.zero_()
-        return value
-
-    def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
-
-
-class SVIStepper:
-    """The reference: ``pyro.infer.SVI(model, guide, pyro.optim.Adam, estimator)``."""
-
-    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None):
-        clip_args = {"clip_norm": clip_norm} if clip_norm is not None else None
-        self.optimizer = pyro.optim.Adam({"lr": lr}, clip_args=clip_args)
-        self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, estimator.pyro_elbo())
-        self.loss_sum = 0.0
-
-    def step(self, x: torch.Tensor) -> None:
-        self.loss_sum += self.svi.step(x)  # a Python float: Pyro syncs here, every step
-
-    def take_loss(self) -> float:
-        value, self.loss_sum = self.loss_sum, 0.0
-        return value
-
-    def state_dict(self) -> dict:
-        return self.optimizer.get_state()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.set_state(state)
-
-
 class Trainer:
     """Trains a :class:`~pyrovae.model.VAE` by SVI, epoch by epoch.
 
@@ -127,21 +49,31 @@ class Trainer:
         estimator: an :class:`~pyrovae.estimators.Estimator` or a registered name.
         lr: Adam learning rate (> 0).
         clip_norm: per-parameter gradient norm clip, or ``None``.
-        stepper: ``"fast"`` or ``"svi"`` (see the module docstring).
+        stepper: ``"fast"`` or ``"svi"`` (see :mod:`pyrovae.steppers`).
         particles: Monte-Carlo particles per step when ``estimator`` is a name.
+        compile: ``"auto"`` (a CUDA graph of the fast step when on CUDA and the estimator
+            and guide allow it, eager otherwise; the log says which and why), ``"graph"``
+            (insist: a ``ValueError`` says why when it cannot be), or ``"none"`` (eager).
 
     The process-global Pyro parameter store is cleared on construction: a process trains
     one model at a time (stale entries of an earlier model would shadow this one's in SVI).
     """
 
     def __init__(self, vae: VAE, estimator: Estimator | str = "trace", lr: float = 1e-3,
-                 clip_norm: float | None = None, stepper: str = "fast", particles: int = 1):
+                 clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
+                 compile: str = "auto"):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         if stepper not in STEPPERS:
             raise ValueError(f"stepper must be one of {', '.join(STEPPERS)}; got {stepper!r}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; "
+                             f"got {compile!r}")
+        if compile == "graph" and stepper != "fast":
+            raise ValueError(f"compile='graph' needs stepper='fast', got {stepper!r}")
+        self.compile = compile
         pyro.clear_param_store()
         self.vae = vae
         self.estimator = build_estimator(estimator, particles) if isinstance(estimator, str) \
@@ -180,6 +112,7 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
+        self._choose_graph(train_x[:batch_size])
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=epochs, initial=self.epoch, disable=not show, unit="epoch",
                    desc="training")
@@ -201,6 +134,19 @@ class Trainer:
                 on_epoch_end(self, metrics)
         bar.close()
         return self.history
+
+    def _choose_graph(self, x: torch.Tensor) -> None:
+        """Turn on CUDA-graph mode when ``compile`` asks for it and the step allows it."""
+        if self.compile == "none" or self.stepper.use_graph:
+            return
+        if not isinstance(self.stepper, FastStepper):
+            logger.info("eager training: the svi stepper is never captured")
+            return
+        ok, reason = graph_capturable(self.vae, self.estimator, x, self.stepper.device)
+        if not ok and self.compile == "graph":
+            raise ValueError(f"compile='graph' is not possible here: {reason}")
+        self.stepper.use_graph = ok
+        logger.info("%s training: %s", "CUDA-graph" if ok else "eager", reason)
 
     def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> float:
         """ELBO of ``x`` in nats per datum, drawn from a forked RNG (training is unaffected)."""

@@ -1,0 +1,174 @@
+"""Steppers: one SVI step on one batch, three ways, for the same model/guide and estimator.
+
+- :class:`FastStepper` (``stepper="fast"``, the default): the estimator's sync-free
+  ``differentiable_loss``, ``backward()`` and ``torch.optim.Adam`` over ``vae.parameters()``
+  (``capturable=True`` on CUDA). The loss is summed on the device and read once per epoch, so
+  the step never synchronises host and device (a test proves it under
+  :class:`~pyrovae.sync_guard.SyncGuard`; on the CPU the non-capturable Adam reads its step
+  counter, which lives in host memory there anyway). Pyro's and torch's argument validation
+  read values on the host, so the step runs with validation off; the data is checked against
+  the likelihood's support once, before training.
+- The same stepper in **CUDA-graph mode** (``use_graph=True``, chosen by ``compile="graph"``
+  or ``"auto"`` on CUDA): after ``warmup`` eager steps on a side stream, the whole step (Pyro's
+  traces of guide and model, the loss, backward, clipping, Adam, the loss sum) is captured once
+  into a ``torch.cuda.CUDAGraph`` and replayed for every later batch, copied into a static
+  buffer. Random draws come from the CUDA generator, which graphs advance on every replay.
+- :class:`SVIStepper` (``stepper="svi"``): the reference, ``pyro.infer.SVI`` with
+  ``pyro.optim.Adam``. ``SVI.step`` returns the loss as a Python float: one sync per step.
+
+Gradient clipping (``clip_norm``) clips each parameter's gradient to that L2 norm, as
+``pyro.optim``'s ``clip_args={"clip_norm": ...}`` does, in every stepper.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.optim
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from pyrovae.estimators import Estimator
+from pyrovae.model import VAE
+
+STEPPERS = ("fast", "svi")
+COMPILE_MODES = ("auto", "none", "graph")
+
+
+def clip_per_parameter(params: list[torch.Tensor], clip_norm: float) -> None:
+    """Scale each gradient to L2 norm <= ``clip_norm`` (on the device, no sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    coefs = [torch.clamp(clip_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)
+
+
+def graph_capturable(vae: VAE, estimator: Estimator, x: torch.Tensor,
+                     device: torch.device) -> tuple[bool, str]:
+    """Whether the step on batches like ``x`` can be captured in a CUDA graph, and why not.
+
+    Needs CUDA, an estimator with a sync-free loss, and a guide whose sample sites are all
+    reparameterised (score-function terms are fine eagerly, but kept out of graphs).
+    """
+    if device.type != "cuda":
+        return False, f"device is {device.type}, CUDA graphs need CUDA"
+    if not getattr(estimator, "capturable", True):
+        return False, f"estimator {type(estimator).__name__} has no sync-free loss"
+    with torch.no_grad(), poutine.block(), torch.random.fork_rng(
+            devices=[device] if torch.cuda.is_available() else []):
+        guide_trace = poutine.trace(vae.guide).get_trace(x)  # leaves the RNG streams as found
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site) \
+                and not site["fn"].has_rsample:
+            return False, f"guide site {name!r} is not reparameterised (score-function term)"
+    return True, "CUDA, sync-free estimator, reparameterised guide"
+
+
+class FastStepper:
+    """One SVI step as ``loss.backward(); adam.step()``, the loss summed on the device.
+
+    Args:
+        vae: the model/guide pair, on its device.
+        estimator: supplies ``differentiable_loss(model, guide, x)``.
+        lr: Adam learning rate.
+        clip_norm: per-parameter gradient norm clip, or ``None``.
+        warmup: eager steps before a CUDA graph is captured (graph mode only).
+    """
+
+    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
+                 warmup: int = 3):
+        self.vae, self.estimator, self.clip_norm = vae, estimator, clip_norm
+        self.params = list(vae.parameters())
+        self.device = self.params[0].device
+        capturable = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, capturable=capturable)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.use_graph = False
+        self.warmup = warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_x: torch.Tensor | None = None
+        self._eager_steps = 0
+
+    def _eager_step(self, x: torch.Tensor) -> None:
+        with pyro.validation_enabled(False):  # validation reads values on the host
+            loss = self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
+        loss.backward()
+        if self.clip_norm is not None:
+            clip_per_parameter(self.params, self.clip_norm)
+        self.optimizer.step()
+        self.loss_sum += loss.detach()
+
+    def step(self, x: torch.Tensor) -> None:
+        """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
+        if not self.use_graph:
+            self.optimizer.zero_grad(set_to_none=False)
+            self._eager_step(x)
+        elif self.graph is not None:
+            self.static_x.copy_(x)
+            self.graph.replay()
+        elif self._eager_steps < self.warmup:
+            self._side_stream_step(x)
+        else:
+            self._capture(x)
+
+    def _side_stream_step(self, x: torch.Tensor) -> None:
+        """A warm-up step on a side stream, as capture requires (PyTorch's CUDA-graph recipe)."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._eager_step(x)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self._eager_steps += 1
+
+    def _capture(self, x: torch.Tensor) -> None:
+        """Record the whole step on a static copy of ``x``, then replay it for ``x``."""
+        self.static_x = x.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates grads in the graph pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._eager_step(self.static_x)
+        self.graph = graph
+        graph.replay()  # capture records kernels without running them
+
+    def take_loss(self) -> float:
+        """Read (one sync) and reset the accumulated loss."""
+        value = float(self.loss_sum)
+        self.loss_sum.zero_()
+        return value
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.graph is not None:
+            raise RuntimeError("load the optimiser state before the first step: a captured "
+                               "CUDA graph holds the old state tensors")
+        self.optimizer.load_state_dict(state)
+
+
+class SVIStepper:
+    """The reference: ``pyro.infer.SVI(model, guide, pyro.optim.Adam, estimator)``."""
+
+    use_graph = False
+
+    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None):
+        clip_args = {"clip_norm": clip_norm} if clip_norm is not None else None
+        self.optimizer = pyro.optim.Adam({"lr": lr}, clip_args=clip_args)
+        self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, estimator.pyro_elbo())
+        self.loss_sum = 0.0
+
+    def step(self, x: torch.Tensor) -> None:
+        self.loss_sum += self.svi.step(x)  # a Python float: Pyro syncs here, every step
+
+    def take_loss(self) -> float:
+        value, self.loss_sum = self.loss_sum, 0.0
+        return value
+
+    def state_dict(self) -> dict:
+        return self.optimizer.get_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.set_state(state)
