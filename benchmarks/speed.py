@@ -1,0 +1,277 @@
+"""How fast is an SVI epoch? Six ways to train the same MNIST VAE, timed side by side.
+
+    python benchmarks/speed.py --data-dir ../shared/data [--device cpu|cuda] [--epochs 1]
+                               [--batch-sizes 256 1024] [--json rows.json]
+
+Model (all variants): 784-400-50 MLP encoder and 50-400-784 decoder, ReLU, Bernoulli
+likelihood, N(0, I) prior, one-sample Trace_ELBO, Adam lr 1e-3; MNIST binarised once with
+a fixed seed, the same data for every variant. Variants:
+
+1. ``pyro_example``: ``pyro.infer.SVI`` + ``pyro.optim.Adam`` fed by a ``DataLoader`` from
+   host memory, each batch moved to the device, as Pyro's VAE example does;
+2. ``pyrovae_eager``: pyrovae's fast stepper, eager (``compile="none"``), data on the device;
+3. ``pyrovae_fast``: pyrovae's default (``compile="auto"``): a CUDA graph on CUDA, and on the
+   CPU the same thing as (2), so it is not run there;
+4. ``torch_eager``: a hand-written PyTorch ELBO step (same maths, same networks);
+5. ``torch_graph``: (4) captured in one CUDA graph (CUDA only);
+6. ``matmul_floor``: only the matrix products of the forward and backward passes.
+
+Each variant trains a fresh model from the same seed for ``--epochs`` epochs; the table gives
+the median seconds per epoch, samples per second, peak device memory (CUDA only), the test
+ELBO after those epochs (one-sample estimate, nats per image: no variant wins by doing less),
+and the time ratios to (1), to the hand-written step ((5) on CUDA, else (4)) and to (6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
+from pyrovae.training import resolve_device  # noqa: E402
+
+HIDDEN, Z_DIM, LR, PIXELS = 400, 50, 1e-3, 784
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TorchVAE(nn.Module):
+    """The same VAE by hand: one-sample ELBO with sampled KL, as Trace_ELBO computes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1, self.enc2 = nn.Linear(PIXELS, HIDDEN), nn.Linear(HIDDEN, 2 * Z_DIM)
+        self.dec1, self.dec2 = nn.Linear(Z_DIM, HIDDEN), nn.Linear(HIDDEN, PIXELS)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO summed over the batch; ``x`` of shape (B, 784), binary."""
+        loc, raw = self.enc2(F.relu(self.enc1(x))).chunk(2, dim=-1)
+        scale = F.softplus(raw) + 1e-5
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        logits = self.dec2(F.relu(self.dec1(z)))
+        log_lik = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+        log_prior_minus_q = (-0.5 * z.pow(2) + 0.5 * eps.pow(2) + scale.log()).sum(-1)
+        return -(log_lik + log_prior_minus_q).sum()
+
+
+def time_epochs(epochs: int, one_epoch, device) -> list[float]:
+    times = []
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        one_epoch()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def batches(x: torch.Tensor, batch_size: int):
+    order = torch.randperm(len(x), device=x.device)
+    for i in range(len(x) // batch_size):
+        yield x[order[i * batch_size:(i + 1) * batch_size]]
+
+
+def pyro_example(train, test, batch_size, epochs, device):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    vae = VAE((1, 28, 28), Z_DIM, (HIDDEN,), likelihood="bernoulli").to(device)
+    pyro.clear_param_store()
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}),
+                         pyro.infer.Trace_ELBO())
+    loader = DataLoader(TensorDataset(train.cpu()), batch_size=batch_size, shuffle=True,
+                        drop_last=True)
+
+    def epoch():
+        for (x,) in loader:
+            svi.step(x.to(device))
+
+    return time_epochs(epochs, epoch, device), evaluate_elbo(vae, test)
+
+
+def pyrovae_variant(compile):
+    def run(train, test, batch_size, epochs, device):
+        vae = VAE((1, 28, 28), Z_DIM, (HIDDEN,), likelihood="bernoulli").to(device)
+        trainer = Trainer(vae, "trace", lr=LR, compile=compile)
+        times = []
+        for epoch in range(1, epochs + 1):
+            sync(device)
+            start = time.perf_counter()
+            trainer.fit(train, epoch, batch_size, progress=False)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        return times, evaluate_elbo(vae, test)
+
+    return run
+
+
+def torch_variant(graph: bool):
+    def run(train, test, batch_size, epochs, device):
+        model = TorchVAE().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR, capturable=graph)
+        flat = train.reshape(len(train), -1)
+        step = _torch_graph_step(model, optimizer, flat[:batch_size]) if graph else None
+
+        def epoch():
+            for x in batches(flat, batch_size):
+                if graph:
+                    step(x)
+                else:
+                    optimizer.zero_grad(set_to_none=False)
+                    model.loss(x).backward()
+                    optimizer.step()
+
+        times = time_epochs(epochs, epoch, device)
+        with torch.no_grad():
+            test_flat = test.reshape(len(test), -1)
+            elbo = -sum(model.loss(test_flat[i:i + 1000]) for i in range(0, len(test), 1000))
+        return times, float(elbo) / len(test)
+
+    return run
+
+
+def _torch_graph_step(model, optimizer, example):
+    """PyTorch's whole-step CUDA-graph recipe: warm up on a side stream, capture, replay."""
+    static_x = example.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(static_x).backward()
+            optimizer.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        model.loss(static_x).backward()
+        optimizer.step()
+
+    def step(x):
+        static_x.copy_(x)
+        graph.replay()
+
+    return step
+
+
+def matmul_floor(train, test, batch_size, epochs, device):
+    """The GEMMs of one step (forward, grad-input except layer 1, grad-weight), per batch."""
+    layers = [(PIXELS, HIDDEN), (HIDDEN, 2 * Z_DIM), (Z_DIM, HIDDEN), (HIDDEN, PIXELS)]
+    b = batch_size
+    mats = []
+    for i, (fan_in, fan_out) in enumerate(layers):
+        inp, weight, grad_out = (torch.randn(*s, device=device) for s in
+                                 ((b, fan_in), (fan_in, fan_out), (b, fan_out)))
+        mats.append((inp, weight))                    # forward
+        mats.append((grad_out, weight.T))             # grad of the input
+        mats.append((inp.T, grad_out))                # grad of the weight
+        if i == 0:
+            mats.pop(-2)                              # the data needs no gradient
+    steps = len(train) // batch_size
+
+    def epoch():
+        for _ in range(steps):
+            for a, m in mats:
+                torch.mm(a, m)
+
+    return time_epochs(epochs, epoch, device), math.nan
+
+
+VARIANTS = {
+    "pyro_example": pyro_example,
+    "pyrovae_eager": pyrovae_variant("none"),
+    "pyrovae_fast": pyrovae_variant("auto"),
+    "torch_eager": torch_variant(graph=False),
+    "torch_graph": torch_variant(graph=True),
+    "matmul_floor": matmul_floor,
+}
+CUDA_ONLY = {"pyrovae_fast", "torch_graph"}  # on the CPU: same as eager, or impossible
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N "
+                        "training images (smoke tests)")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    data = load_dataset("mnist", args.data_dir)
+    train = binarize(data.train_x[:args.limit], "static", seed=0).to(device)
+    test = binarize(data.test_x, "static", seed=1).to(device)
+    rows = []
+    for batch_size in args.batch_sizes:
+        for name in args.variants:
+            if name in CUDA_ONLY and device.type != "cuda":
+                continue
+            pyro.set_rng_seed(0)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times, elbo = VARIANTS[name](train, test, batch_size, args.epochs, device)
+            seconds = statistics.median(times)
+            rows.append({
+                "variant": name, "device": device_name(device), "batch_size": batch_size,
+                "epochs": args.epochs, "seconds_per_epoch": seconds,
+                "samples_per_second": (len(train) // batch_size) * batch_size / seconds,
+                "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
+                if device.type == "cuda" else None,
+                "test_elbo": elbo,
+            })
+            print(f"  {name:14s} batch {batch_size:5d}: {seconds:8.3f} s/epoch", flush=True)
+    print_table(rows, device)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def print_table(rows: list[dict], device: torch.device) -> None:
+    hand = "torch_graph" if device.type == "cuda" else "torch_eager"
+    print(f"\ndevice: {rows[0]['device']}; torch {torch.__version__}, pyro {pyro.__version__}; "
+          f"{rows[0]['epochs']} epoch(s), median seconds per epoch")
+    print(f"| variant | batch | s/epoch | samples/s | peak MiB | test ELBO | x faster than "
+          f"pyro_example | time / {hand} | time / matmul_floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        same = {r["variant"]: r["seconds_per_epoch"] for r in rows
+                if r["batch_size"] == row["batch_size"]}
+        t = row["seconds_per_epoch"]
+
+        def ratio(value):
+            return f"{value:.2f}" if value is not None else "-"
+
+        peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
+        print(f"| {row['variant']} | {row['batch_size']} | {t:.3f} | "
+              f"{row['samples_per_second']:,.0f} | {peak} | {row['test_elbo']:.2f} | "
+              f"{ratio(same['pyro_example'] / t if 'pyro_example' in same else None)} | "
+              f"{ratio(t / same[hand] if hand in same else None)} | "
+              f"{ratio(t / same['matmul_floor'] if 'matmul_floor' in same else None)} |")
+
+
+if __name__ == "__main__":
+    main()
