@@ -1,0 +1,214 @@
+"""Closed-form KL divergences (Doersch's eq. 7 and friends) and the analytic-KL ELBO.
+
+Doersch's key equation,
+
+    log P(X) - D[Q(z|X) || P(z|X)] = E_Q[log P(X|z)] - D[Q(z|X) || P(z)],
+
+has a closed-form KL term when Q and P(z) are Gaussian (his eq. 7, k = z_dim):
+
+    D[N(mu, diag s^2) || N(0, I)] = 1/2 sum_j (s_j^2 + mu_j^2 - 1 - log s_j^2)       (nats)
+
+Here:
+
+- :func:`kl_standard_normal` (eq. 7) and :func:`kl_diag_normal` (any diagonal Gaussian
+  prior, e.g. a learnable one), on tensors;
+- :func:`closed_form_kl` on distributions: pyrovae's own formula for a diagonal-Gaussian pair,
+  else ``torch.distributions.kl_divergence`` (torch's, Pyro's and the pairs registered here);
+- a registered pair that torch and Pyro lack: a full-covariance Gaussian Q
+  (``MultivariateNormal``, ``LowRankMultivariateNormal``) against a diagonal Gaussian P;
+- :func:`kl_or_mc`: the closed form when one exists, else a Monte-Carlo estimate with its
+  standard error, and which of the two it used;
+- :func:`analytic_particle_elbo`: the ELBO of one (model, guide) trace pair with the KL of
+  every latent site in closed form where possible, and :class:`PyroAnalyticELBO`, the same
+  maths as a ``pyro.infer.ELBO`` for ``pyro.infer.SVI``.
+
+Shapes: a diagonal Gaussian is ``Normal(loc, scale)`` reinterpreted with ``.to_event(n)``;
+KLs have the distributions' (broadcast) batch shape. Nothing here reads a tensor's value on
+the host: the dispatch is on Python types only, so the analytic ELBO is sync-free.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import pyro.infer
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import is_identically_zero, torch_item
+from torch.distributions import (
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+    register_kl,
+)
+from torch.distributions.kl import _KL_REGISTRY
+
+
+def kl_standard_normal(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """D[N(loc, diag scale^2) || N(0, I)] = 1/2 sum(scale^2 + loc^2 - 1 - 2 log scale).
+
+    ``loc``, ``scale`` (> 0): shape ``(..., k)``; returns nats, shape ``(...)``.
+    """
+    return 0.5 * (scale.square() + loc.square() - 1.0 - 2.0 * scale.log()).sum(-1)
+
+
+def kl_diag_normal(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tensor,
+                   scale_p: torch.Tensor) -> torch.Tensor:
+    """D[N(loc_q, diag scale_q^2) || N(loc_p, diag scale_p^2)], summed over the last dim.
+
+        = sum_j log(scale_p/scale_q) + (scale_q^2 + (loc_q - loc_p)^2) / (2 scale_p^2) - 1/2
+
+    Arguments broadcast against each other, shape ``(..., k)``; returns nats, shape ``(...)``.
+    """
+    ratio = (scale_q / scale_p).square()
+    return 0.5 * (ratio + ((loc_q - loc_p) / scale_p).square() - 1.0 - ratio.log()).sum(-1)
+
+
+def diagonal_normal(d) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` of shape ``batch_shape + (event size,)`` if ``d`` is a diagonal
+    Gaussian (a ``Normal``, possibly inside ``Independent`` layers), else ``None``."""
+    base = d
+    while isinstance(base, Independent):
+        base = base.base_dist
+    if not isinstance(base, Normal):
+        return None
+    shape = d.batch_shape + (math.prod(d.event_shape),)
+    return base.loc.expand(base.batch_shape).reshape(shape), \
+        base.scale.expand(base.batch_shape).reshape(shape)
+
+
+def closed_form_kl(q, p) -> torch.Tensor:
+    """D[q || p] in closed form, shape: the broadcast batch shape of ``q`` and ``p``.
+
+    A diagonal-Gaussian pair with equal event shapes goes through :func:`kl_diag_normal`
+    (pyrovae's own maths, so ``pyrovae check-kl`` tests it); any other pair goes to
+    ``torch.distributions.kl_divergence``, which raises ``NotImplementedError`` when no
+    closed form is registered.
+    """
+    q_params, p_params = diagonal_normal(q), diagonal_normal(p)
+    if q_params is None or p_params is None or q.event_shape != p.event_shape:
+        return kl_divergence(q, p)
+    return kl_diag_normal(*q_params, *p_params)
+
+
+def _register_if_missing(type_q: type, type_p: type):
+    """``register_kl(type_q, type_p)``, refusing a pair torch or Pyro already has."""
+    if (type_q, type_p) in _KL_REGISTRY:
+        raise RuntimeError(f"KL({type_q.__name__} || {type_p.__name__}) is already "
+                           f"registered as {_KL_REGISTRY[type_q, type_p]!r}")
+    return register_kl(type_q, type_p)
+
+
+@_register_if_missing(LowRankMultivariateNormal, Independent)
+@_register_if_missing(MultivariateNormal, Independent)
+def kl_gaussian_diag_normal(q, p) -> torch.Tensor:
+    """D[N(m, S) || N(mu, diag s^2)] for a full-covariance Gaussian q, diagonal Gaussian p.
+
+    KL = cross-entropy - entropy; the cross-entropy to a diagonal Gaussian needs only q's
+    mean and variances:  E_q[-log p] = sum_j log s_j + log(2 pi)/2 + (S_jj + (m_j - mu_j)^2)
+    / (2 s_j^2).  Registered for torch's dispatch; shape: the broadcast batch shape.
+    Raises ``NotImplementedError`` unless p is ``Independent(Normal, 1)``.
+    """
+    if not isinstance(p.base_dist, Normal) or p.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError
+    loc_p, scale_p = p.base_dist.loc, p.base_dist.scale
+    cross_entropy = (scale_p.log() + 0.5 * math.log(2 * math.pi)
+                     + (q.variance + (q.loc - loc_p).square()) / (2 * scale_p.square()))
+    return cross_entropy.sum(-1) - q.entropy()
+
+
+class KLEstimate(NamedTuple):
+    """A KL divergence (nats), its standard error (zero for a closed form), the method."""
+
+    value: torch.Tensor
+    stderr: torch.Tensor
+    method: str  # "closed form" or "Monte Carlo"
+
+
+def monte_carlo_kl(q, p, num_samples: int) -> KLEstimate:
+    """Mean of ``log q(z) - log p(z)`` over ``num_samples`` draws z ~ q, with its s.e."""
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
+    terms = q.log_prob(z) - p.log_prob(z)
+    return KLEstimate(terms.mean(0), terms.std(0) / math.sqrt(num_samples), "Monte Carlo")
+
+
+def kl_or_mc(q, p, num_samples: int = 1000) -> KLEstimate:
+    """D[q || p]: :func:`closed_form_kl` if it has the pair, else :func:`monte_carlo_kl`."""
+    try:
+        value = closed_form_kl(q, p)
+    except NotImplementedError:
+        return monte_carlo_kl(q, p, num_samples)
+    return KLEstimate(value, torch.zeros_like(value), "closed form")
+
+
+def site_kl(guide_site: dict, model_site: dict, kl=closed_form_kl) -> torch.Tensor:
+    """D[Q || P] of one latent site, summed over its batch, as Pyro would weigh it.
+
+    Uses ``kl(q, p)`` scaled and masked like the site's log-prob (plate subsampling scale,
+    ``poutine.mask``); falls back to the sampled ``log q(z) - log p(z)`` when ``kl`` raises
+    ``NotImplementedError``. Returns a 0-dim tensor, nats.
+    """
+    try:
+        value = kl(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return guide_site["log_prob_sum"] - model_site["log_prob_sum"]
+    value = value.expand(guide_site["fn"].batch_shape)
+    return scale_and_mask(value, guide_site["scale"], guide_site["mask"]).sum()
+
+
+def _check_reparameterised(site: dict) -> None:
+    if not is_identically_zero(site["score_parts"].score_function):
+        raise ValueError(f"the analytic-KL ELBO needs reparameterised guide sites; site "
+                         f"{site['name']!r} ({type(site['fn']).__name__}) is not; use the "
+                         "'trace' estimator")
+
+
+def analytic_particle_elbo(model_trace, guide_trace, kl=closed_form_kl) -> torch.Tensor:
+    """ELBO of one (model, guide) trace pair, the KL of each latent site in closed form.
+
+        ELBO = sum_observed log P(x|z) - sum_latent D[Q(z) || P(z)]      (0-dim tensor, nats)
+
+    The z in log P(x|z) is the guide's reparameterised draw, so the value is also its own
+    pathwise gradient estimate. Latent sites in both traces use :func:`site_kl`; a model
+    latent absent from the guide adds its sampled log-prob (as ``Trace_ELBO`` does); an
+    auxiliary guide site subtracts its sampled log-prob. Like ``TraceMeanField_ELBO``, this
+    assumes the mean-field condition (no model parent of z is a guide descendant of z).
+    """
+    elbo = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"] or name not in guide_trace.nodes:
+            elbo = elbo + site["log_prob_sum"]
+            continue
+        _check_reparameterised(guide_trace.nodes[name])
+        elbo = elbo - site_kl(guide_trace.nodes[name], site, kl)
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and name not in model_trace.nodes:
+            _check_reparameterised(site)
+            elbo = elbo - site["log_prob_sum"]
+    return elbo
+
+
+class PyroAnalyticELBO(pyro.infer.Trace_ELBO):
+    """:func:`analytic_particle_elbo` as a ``pyro.infer.ELBO`` (for ``pyro.infer.SVI``).
+
+    Same traces as ``Trace_ELBO``; ``loss``, ``loss_and_grads`` and ``differentiable_loss``
+    use the analytic ELBO. Like Pyro's own ELBOs it returns Python floats (a host sync per
+    step); the sync-free path is ``pyrovae.estimators.AnalyticELBO.differentiable_loss``.
+    """
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        elbo = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo += torch_item(analytic_particle_elbo(model_trace, guide_trace))
+        return -elbo / self.num_particles
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo = analytic_particle_elbo(model_trace, guide_trace)
+        return -torch_item(elbo), -elbo
