@@ -18,7 +18,7 @@ from pyrovae.estimators import ESTIMATORS
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.networks import ACTIVATIONS
 from pyrovae.priors import PRIORS
-from pyrovae.steppers import COMPILE_MODES, STEPPERS
+from pyrovae.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 
 
 def _f(default, help: str, **extra):
@@ -53,6 +53,9 @@ class TrainConfig:
     compile: str = _f("auto", "auto: capture the fast step in a CUDA graph on CUDA when the "
                       "estimator and guide allow it (the log says which and why); graph: "
                       "insist; none: eager", choices=lambda: list(COMPILE_MODES))
+    on_nan: str = _f("stop", "on a NaN/infinite loss or gradient: stop (keep the last good "
+                     "checkpoint) or skip the bad updates (fast stepper)",
+                     choices=lambda: list(NAN_ACTIONS))
     epochs: int = _f(100, "number of passes over the training data")
     batch_size: int = _f(64, "mini-batch size (the last partial batch is dropped)")
     lr: float = _f(3e-3, "Adam learning rate")
@@ -63,7 +66,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
         for name in ("dataset", "likelihood", "prior", "activation", "elbo", "stepper",
-                     "compile", "binarize"):
+                     "compile", "on_nan", "binarize"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; "

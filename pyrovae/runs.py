@@ -30,7 +30,7 @@ from pyrovae.config import TrainConfig
 from pyrovae.data import Dataset, binarize, check_batch_size, load_dataset
 from pyrovae.likelihoods import build_likelihood
 from pyrovae.model import VAE
-from pyrovae.training import Trainer, resolve_device
+from pyrovae.training import NonFiniteLossError, Trainer, resolve_device
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "pyrovae-checkpoint"
@@ -118,7 +118,7 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     vae.to(device)
     trainer = Trainer(vae, config.elbo, lr=config.lr, clip_norm=config.clip_norm,
                       stepper=config.stepper, particles=config.particles,
-                      compile=config.compile)
+                      compile=config.compile, on_nan=config.on_nan)
     if resume:
         trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
@@ -131,9 +131,16 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
         with open(run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
 
-    trainer.fit(data.train_x, config.epochs, config.batch_size, test_x=data.test_x,
-                dynamic_binarize=config.binarize == "dynamic", on_epoch_end=on_epoch_end,
-                progress=progress)
+    try:
+        trainer.fit(data.train_x, config.epochs, config.batch_size, test_x=data.test_x,
+                    dynamic_binarize=config.binarize == "dynamic", on_epoch_end=on_epoch_end,
+                    progress=progress)
+    except NonFiniteLossError as error:
+        event = {"event": "non_finite", "epoch": error.epoch, "step": error.step,
+                 "bad_steps": error.bad_steps, "steps": error.steps, "action": "stopped"}
+        with open(run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(event) + "\n")
+        raise
     write_figures(vae, data, trainer.history, run_dir / "figures", seed=config.seed)
     return run_dir
 

@@ -18,9 +18,19 @@
 
 Gradient clipping (``clip_norm``) clips each parameter's gradient to that L2 norm, as
 ``pyro.optim``'s ``clip_args={"clip_norm": ...}`` does, in every stepper.
+
+NaN guard: every step computes, on the device, whether its loss and gradients are finite, and
+counts the steps that were not (and the first such step); :meth:`FastStepper.take_epoch` reads
+these counters with the epoch's loss in one transfer. With ``on_nan="skip"`` a non-finite
+step's update is undone on the device (parameters and Adam state restored with
+``torch.where``), so training carries on from the last good values. The ``svi`` stepper
+checks the loss Pyro returns after every step and cannot skip (Pyro has already stepped).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import pyro
 import pyro.optim
@@ -33,6 +43,17 @@ from pyrovae.model import VAE
 
 STEPPERS = ("fast", "svi")
 COMPILE_MODES = ("auto", "none", "graph")
+NAN_ACTIONS = ("stop", "skip")
+
+
+@dataclass
+class EpochStats:
+    """What a stepper accumulated since the last read: sums over steps, in nats."""
+
+    loss_sum: float        # negative ELBO summed over the good steps' batches
+    steps: int             # steps taken
+    bad_steps: int         # steps whose loss or gradient was NaN or infinite
+    first_bad_step: int    # index (0-based, within the epoch) of the first bad step; -1: none
 
 
 def clip_per_parameter(params: list[torch.Tensor], clip_norm: float) -> None:
@@ -43,6 +64,15 @@ def clip_per_parameter(params: list[torch.Tensor], clip_norm: float) -> None:
     norms = torch._foreach_norm(grads)
     coefs = [torch.clamp(clip_norm / (n + 1e-6), max=1.0) for n in norms]
     torch._foreach_mul_(grads, coefs)
+
+
+def all_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """0-dim bool tensor: the loss and every gradient are finite (computed on the device)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = loss.detach().float()
+    if grads:
+        total = total + torch.stack(torch._foreach_norm(grads)).sum()
+    return torch.isfinite(total)
 
 
 def graph_capturable(vae: VAE, estimator: Estimator, x: torch.Tensor,
@@ -74,17 +104,22 @@ class FastStepper:
         estimator: supplies ``differentiable_loss(model, guide, x)``.
         lr: Adam learning rate.
         clip_norm: per-parameter gradient norm clip, or ``None``.
+        on_nan: ``"stop"`` (count non-finite steps; the trainer stops) or ``"skip"`` (also
+            undo their updates on the device).
         warmup: eager steps before a CUDA graph is captured (graph mode only).
     """
 
     def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
-                 warmup: int = 3):
+                 on_nan: str = "stop", warmup: int = 3):
         self.vae, self.estimator, self.clip_norm = vae, estimator, clip_norm
+        self.on_nan = on_nan
         self.params = list(vae.parameters())
         self.device = self.params[0].device
         capturable = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(self.params, lr=lr, capturable=capturable)
         self.loss_sum = torch.zeros((), device=self.device)
+        # steps, bad steps, first bad step (-1: none), on the device
+        self.counters = torch.tensor([0, 0, -1], device=self.device)
         self.use_graph = False
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -97,8 +132,31 @@ class FastStepper:
         loss.backward()
         if self.clip_norm is not None:
             clip_per_parameter(self.params, self.clip_norm)
-        self.optimizer.step()
-        self.loss_sum += loss.detach()
+        finite = all_finite(loss, self.params)
+        if self.on_nan == "skip":
+            before = [t.detach().clone() for t in self._state_tensors()]
+            self.optimizer.step()
+            self._undo_unless(finite, before)
+        else:
+            self.optimizer.step()
+        self.loss_sum += torch.where(finite, loss.detach(), 0.0)
+        steps, bad, first = self.counters.unbind()
+        self.counters.copy_(torch.stack([
+            steps + 1, bad + (~finite).long(), torch.where(~finite & (first < 0), steps, first)]))
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Parameters, then Adam's state tensors (empty before the first step)."""
+        state = [t for p in self.params for t in self.optimizer.state.get(p, {}).values()
+                 if isinstance(t, torch.Tensor)]
+        return [p.data for p in self.params] + state
+
+    def _undo_unless(self, finite: torch.Tensor, before: list[torch.Tensor]) -> None:
+        """Restore parameters and Adam state as they were before the step, if not finite."""
+        after = self._state_tensors()
+        # the first step creates Adam's state: undoing it means zeros (Adam's initial state)
+        before = before + [torch.zeros_like(t) for t in after[len(before):]]
+        for tensor, old in zip(after, before):
+            tensor.copy_(torch.where(finite, tensor, old))
 
     def step(self, x: torch.Tensor) -> None:
         """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
@@ -133,11 +191,13 @@ class FastStepper:
         self.graph = graph
         graph.replay()  # capture records kernels without running them
 
-    def take_loss(self) -> float:
-        """Read (one sync) and reset the accumulated loss."""
-        value = float(self.loss_sum)
+    def take_epoch(self) -> EpochStats:
+        """Read (one transfer) and reset the loss sum and the step counters."""
+        loss, steps, bad, first = torch.cat([self.loss_sum.double().reshape(1),
+                                             self.counters.double()]).tolist()
         self.loss_sum.zero_()
-        return value
+        self.counters.copy_(torch.tensor([0, 0, -1]))
+        return EpochStats(loss, int(steps), int(bad), int(first))
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
@@ -154,18 +214,29 @@ class SVIStepper:
 
     use_graph = False
 
-    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None):
+    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
+                 on_nan: str = "stop"):
+        if on_nan != "stop":
+            raise ValueError(f"on_nan={on_nan!r} needs stepper 'fast': pyro.infer.SVI has "
+                             "already updated the parameters when it returns the loss")
         clip_args = {"clip_norm": clip_norm} if clip_norm is not None else None
         self.optimizer = pyro.optim.Adam({"lr": lr}, clip_args=clip_args)
         self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, estimator.pyro_elbo())
-        self.loss_sum = 0.0
+        self.stats = EpochStats(0.0, 0, 0, -1)
 
     def step(self, x: torch.Tensor) -> None:
-        self.loss_sum += self.svi.step(x)  # a Python float: Pyro syncs here, every step
+        loss = self.svi.step(x)  # a Python float: Pyro syncs here, every step
+        if math.isfinite(loss):
+            self.stats.loss_sum += loss
+        else:
+            self.stats.bad_steps += 1
+            if self.stats.first_bad_step < 0:
+                self.stats.first_bad_step = self.stats.steps
+        self.stats.steps += 1
 
-    def take_loss(self) -> float:
-        value, self.loss_sum = self.loss_sum, 0.0
-        return value
+    def take_epoch(self) -> EpochStats:
+        stats, self.stats = self.stats, EpochStats(0.0, 0, 0, -1)
+        return stats
 
     def state_dict(self) -> dict:
         return self.optimizer.get_state()

@@ -20,11 +20,18 @@ from pyrovae.data import DeviceBatches
 from pyrovae.estimators import Estimator, build_estimator
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
-from pyrovae.steppers import COMPILE_MODES, STEPPERS, FastStepper, SVIStepper, graph_capturable
+from pyrovae.steppers import (
+    COMPILE_MODES,
+    NAN_ACTIONS,
+    STEPPERS,
+    FastStepper,
+    SVIStepper,
+    graph_capturable,
+)
 
 logger = logging.getLogger(__name__)
-__all__ = ["COMPILE_MODES", "STEPPERS", "FastStepper", "SVIStepper", "Trainer",
-           "resolve_device"]
+__all__ = ["COMPILE_MODES", "NAN_ACTIONS", "STEPPERS", "FastStepper", "NonFiniteLossError",
+           "SVIStepper", "Trainer", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -41,6 +48,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN or infinite loss or gradient (with ``on_nan="stop"``)."""
+
+    def __init__(self, epoch: int, step: int, bad_steps: int, steps: int):
+        self.epoch, self.step, self.bad_steps, self.steps = epoch, step, bad_steps, steps
+        super().__init__(
+            f"non-finite loss or gradient in epoch {epoch} at step {step} ({bad_steps} of "
+            f"{steps} steps of the epoch); stopped, the last checkpoint is the last good "
+            "state. Lower --lr, set --clip-norm, or pass --on-nan skip")
+
+
 class Trainer:
     """Trains a :class:`~pyrovae.model.VAE` by SVI, epoch by epoch.
 
@@ -54,6 +72,9 @@ class Trainer:
         compile: ``"auto"`` (a CUDA graph of the fast step when on CUDA and the estimator
             and guide allow it, eager otherwise; the log says which and why), ``"graph"``
             (insist: a ``ValueError`` says why when it cannot be), or ``"none"`` (eager).
+        on_nan: ``"stop"`` (raise :class:`NonFiniteLossError` at the end of an epoch with a
+            non-finite loss or gradient) or ``"skip"`` (undo those updates and carry on;
+            ``fast`` stepper only). Checked on the device, read once per epoch.
 
     The process-global Pyro parameter store is cleared on construction: a process trains
     one model at a time (stale entries of an earlier model would shadow this one's in SVI).
@@ -61,7 +82,7 @@ class Trainer:
 
     def __init__(self, vae: VAE, estimator: Estimator | str = "trace", lr: float = 1e-3,
                  clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
-                 compile: str = "auto"):
+                 compile: str = "auto", on_nan: str = "stop"):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if clip_norm is not None and not clip_norm > 0:
@@ -73,13 +94,16 @@ class Trainer:
                              f"got {compile!r}")
         if compile == "graph" and stepper != "fast":
             raise ValueError(f"compile='graph' needs stepper='fast', got {stepper!r}")
-        self.compile = compile
+        if on_nan not in NAN_ACTIONS:
+            raise ValueError(
+                f"on_nan must be one of {', '.join(NAN_ACTIONS)}; got {on_nan!r}")
+        self.compile, self.on_nan = compile, on_nan
         pyro.clear_param_store()
         self.vae = vae
         self.estimator = build_estimator(estimator, particles) if isinstance(estimator, str) \
             else estimator
         step_class = FastStepper if stepper == "fast" else SVIStepper
-        self.stepper = step_class(vae, self.estimator, lr, clip_norm)
+        self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan)
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -107,7 +131,13 @@ class Trainer:
         Returns:
             ``self.history``: one dict per epoch with ``epoch``, ``train_elbo`` and
             ``test_elbo`` (nats per datum, higher is better; a one-sample estimate) and
-            ``seconds`` (training time of the epoch).
+            ``seconds`` (training time of the epoch), and ``skipped_steps`` when
+            ``on_nan="skip"`` skipped any.
+
+        Raises:
+            NonFiniteLossError: with ``on_nan="stop"``, after an epoch in which a loss or
+                gradient was NaN or infinite; that epoch is not recorded and
+                ``on_epoch_end`` is not called, so the last checkpoint stays the good one.
         """
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -120,10 +150,19 @@ class Trainer:
             start = time.perf_counter()
             for x in batches:
                 self.stepper.step(x)
-            train_elbo = -self.stepper.take_loss() / (len(batches) * batch_size)
+            stats = self.stepper.take_epoch()
             seconds = time.perf_counter() - start
+            if stats.bad_steps and self.on_nan == "stop":
+                raise NonFiniteLossError(self.epoch + 1, stats.first_bad_step, stats.bad_steps,
+                                         stats.steps)
+            good = stats.steps - stats.bad_steps
+            train_elbo = -stats.loss_sum / (good * batch_size) if good else math.nan
             self.epoch += 1
             metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds}
+            if stats.bad_steps:
+                metrics["skipped_steps"] = stats.bad_steps
+                logger.warning("epoch %d: skipped %d of %d steps with a NaN/infinite loss or "
+                               "gradient", self.epoch, stats.bad_steps, stats.steps)
             if test_x is not None:
                 metrics["test_elbo"] = self.evaluate(test_x, batch_size)
             self.history.append(metrics)
