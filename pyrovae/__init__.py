@@ -7,11 +7,28 @@ The public API, re-exported from the modules that own it::
 
 __version__ = "0.1.0"
 
+from pyrovae.check_kl import check_kl, run_check_kl
 from pyrovae.config import TrainConfig
 from pyrovae.data import DATASETS, Dataset, DeviceBatches, binarize, load_dataset
-from pyrovae.estimators import ESTIMATORS, Estimator, build_estimator
+from pyrovae.estimators import (
+    ESTIMATORS,
+    AnalyticELBO,
+    Estimator,
+    MeanFieldELBO,
+    TraceELBO,
+    build_estimator,
+)
 from pyrovae.evaluation import evaluate_elbo
+from pyrovae.kl import (
+    KLEstimate,
+    PyroAnalyticELBO,
+    closed_form_kl,
+    kl_diag_normal,
+    kl_or_mc,
+    kl_standard_normal,
+)
 from pyrovae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood
+from pyrovae.linear_gaussian import LinearGaussianVAE, make_linear_gaussian
 from pyrovae.model import VAE
 from pyrovae.networks import MLP, Decoder, Encoder
 from pyrovae.priors import PRIORS, Prior, StandardNormal
@@ -21,9 +38,12 @@ from pyrovae.sync_guard import HostSyncError, SyncGuard
 from pyrovae.training import Trainer, resolve_device
 
 __all__ = [
-    "DATASETS", "Dataset", "Decoder", "DeviceBatches", "ESTIMATORS", "Encoder", "Estimator",
-    "HostSyncError", "LIKELIHOODS", "Likelihood", "MLP", "PRIORS", "Prior", "Registry",
-    "StandardNormal", "SyncGuard", "TrainConfig", "Trainer", "VAE", "binarize",
-    "build_estimator", "build_likelihood", "build_vae", "evaluate_elbo", "load_dataset",
-    "load_run", "resolve_device", "train_run",
+    "DATASETS", "AnalyticELBO", "Dataset", "Decoder", "DeviceBatches", "ESTIMATORS", "Encoder",
+    "Estimator", "HostSyncError", "KLEstimate", "LIKELIHOODS", "Likelihood",
+    "LinearGaussianVAE", "MLP", "MeanFieldELBO", "PRIORS", "Prior", "PyroAnalyticELBO",
+    "Registry", "StandardNormal", "SyncGuard", "TraceELBO", "TrainConfig", "Trainer", "VAE",
+    "binarize", "build_estimator", "build_likelihood", "build_vae", "check_kl",
+    "closed_form_kl", "evaluate_elbo", "kl_diag_normal", "kl_or_mc", "kl_standard_normal",
+    "load_dataset", "load_run", "make_linear_gaussian", "resolve_device", "run_check_kl",
+    "train_run",
 ]

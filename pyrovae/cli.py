@@ -1,4 +1,4 @@
-"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``.
+"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``.
 
 ``train``'s flags are generated from :class:`pyrovae.config.TrainConfig` (one flag per field,
 its help from the field's metadata). Bad input prints one line naming the argument, the value
@@ -77,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluation batch size (default: 1000)")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+    from pyrovae.check_kl import RULE
+
+    check = commands.add_parser(
+        "check-kl", help="check the analytic-KL ELBO against Monte-Carlo Trace_ELBO",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RULE,
+        description="On one batch, compare pyrovae's analytic-KL ELBO with Pyro's Monte-Carlo "
+        "Trace_ELBO in value and in gradient, over N shared draws of z ~ Q(z|X). Without "
+        "RUN_DIR: a freshly initialised model (default config) on data drawn from it.")
+    check.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR",
+                       help="run folder (its first test images, its particles)")
+    check.add_argument("--batch-size", type=int, help="batch size (default: the config's)")
+    check.add_argument("--draws", type=int, default=200,
+                       help="number N of shared draws (default: 200)")
+    check.add_argument("--alpha", type=float, default=1e-3, help="false-failure rate of "
+                       "each of the value and gradient checks (default: 0.001)")
+    check.add_argument("--json", type=Path, metavar="PATH",
+                       help="also write the table as JSON to PATH ('-': to stdout, instead "
+                       "of the table)")
+    check.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    check.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     return parser
 
 
@@ -144,7 +165,23 @@ def _evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate}
+def _check_kl(args) -> int:
+    from pyrovae.check_kl import format_report, run_check_kl
+
+    report = run_check_kl(args.run_dir, args.batch_size, args.draws, args.seed, args.device,
+                          args.alpha)
+    if args.json is not None and str(args.json) == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if args.json is not None:
+            from pyrovae.runs import write_json
+
+            write_json(args.json, report)
+    return 0 if report["agree"] else 1
+
+
+COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl": _check_kl}
 
 
 def main(argv: list[str] | None = None) -> int:
