@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"pyrovae {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        detail = f": {interrupt}" if str(interrupt) else " (the last checkpoint is intact)"
+        print(f"pyrovae {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

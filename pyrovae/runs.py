@@ -6,6 +6,7 @@ A run folder holds::
     metrics.jsonl      one JSON line per epoch (epoch, train_elbo, test_elbo, seconds)
     checkpoint.pt      model, optimiser, RNG states, epoch, history, config (every epoch)
     figures/*.png      samples, reconstructions, curves (and latent when z_dim == 2)
+    environment.json   versions of pyrovae, Pyro, torch, Python; the device
     evaluation.json    written by ``pyrovae evaluate``
 
 Checkpoints are written to a temporary file, flushed to disk and moved into place with
@@ -14,11 +15,16 @@ Checkpoints are written to a temporary file, flushed to disk and moved into plac
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
+import platform
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pyro
@@ -35,7 +41,8 @@ from pyrovae.training import NonFiniteLossError, Trainer, resolve_device
 logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "pyrovae-checkpoint"
 CHECKPOINT_VERSION = 1
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "evaluation.json")
+RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "checkpoint.pt",
+             "evaluation.json")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -82,33 +89,28 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{stamp}-{config.dataset}-{config.likelihood}-z{config.z_dim}"
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped at an epoch boundary on SIGINT, after writing the checkpoint."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        self.run_dir, self.epoch = run_dir, epoch
+        super().__init__(f"interrupted after epoch {epoch}; the checkpoint in {run_dir} is "
+                         f"complete: continue with --resume --out {run_dir}")
+
+
 def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool = False,
               force: bool = False, progress: bool | None = None) -> Path:
     """Train ``config`` into the run folder ``out`` and return the folder.
 
-    ``resume`` continues from ``out/checkpoint.pt`` with the saved config (``epochs`` taken
-    from ``config``), reproducing on the CPU the numbers of an uninterrupted run. An existing
-    run folder is refused unless ``resume`` or ``force`` (which deletes its run files).
-    """
-    config.validate()
-    run_dir = Path(out) if out is not None else default_run_dir(config)
-    checkpoint = run_dir / "checkpoint.pt"
-    if resume:
-        if not checkpoint.is_file():
-            raise ValueError(f"--resume: no checkpoint at {checkpoint}; start a new run "
-                             "without --resume")
-        saved = TrainConfig.load(run_dir / "config.json")
-        saved.epochs, saved.device = config.epochs, config.device
-        config = saved.validate()
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise ValueError(f"run folder {run_dir} exists and is not empty; pass --resume to "
-                             "continue it, --force to overwrite it, or another --out")
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for png in (run_dir / "figures").glob("*.png"):
-            png.unlink()
+    ``resume`` continues from ``out/checkpoint.pt`` with the saved config (``epochs`` and
+    ``device`` taken from ``config``), reproducing on the CPU the numbers of an uninterrupted
+    run. An existing run folder is refused unless ``resume`` or ``force`` (which deletes its
+    run files). Every input is checked before anything is written.
 
+    A first SIGINT (Ctrl-C) finishes the current epoch, writes its checkpoint and raises
+    :class:`RunInterrupted`; a second one interrupts at once (the last checkpoint stays).
+    """
+    run_dir, config = _check_run_dir(config, out, resume, force)
     device = resolve_device(config.device)
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, config.download)
@@ -119,11 +121,17 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     trainer = Trainer(vae, config.elbo, lr=config.lr, clip_norm=config.clip_norm,
                       stepper=config.stepper, particles=config.particles,
                       compile=config.compile, on_nan=config.on_nan)
+    checkpoint = run_dir / "checkpoint.pt"
     if resume:
         trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
+    elif force:
+        _clear_run_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for torn in run_dir.glob(".*.tmp"):  # left by a run killed in the middle of a write
+        torn.unlink()
     write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "environment.json", environment(device))
     _write_metrics(run_dir, trainer.history)
 
     def on_epoch_end(trainer: Trainer, metrics: dict) -> None:
@@ -132,17 +140,81 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
             handle.write(json.dumps(metrics) + "\n")
 
     try:
-        trainer.fit(data.train_x, config.epochs, config.batch_size, test_x=data.test_x,
-                    dynamic_binarize=config.binarize == "dynamic", on_epoch_end=on_epoch_end,
-                    progress=progress)
+        with _stop_on_sigint(trainer):
+            trainer.fit(data.train_x, config.epochs, config.batch_size, test_x=data.test_x,
+                        dynamic_binarize=config.binarize == "dynamic",
+                        on_epoch_end=on_epoch_end, progress=progress)
     except NonFiniteLossError as error:
         event = {"event": "non_finite", "epoch": error.epoch, "step": error.step,
                  "bad_steps": error.bad_steps, "steps": error.steps, "action": "stopped"}
         with open(run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(event) + "\n")
         raise
+    if trainer.epoch < config.epochs:
+        raise RunInterrupted(run_dir, trainer.epoch)
     write_figures(vae, data, trainer.history, run_dir / "figures", seed=config.seed)
     return run_dir
+
+
+def _check_run_dir(config: TrainConfig, out, resume: bool, force: bool
+                   ) -> tuple[Path, TrainConfig]:
+    """The run folder and the config to train (the saved one when resuming); writes nothing."""
+    config.validate()
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if resume:
+        if not (run_dir / "checkpoint.pt").is_file():
+            raise ValueError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; start "
+                             "a new run without --resume")
+        saved = TrainConfig.load(run_dir / "config.json")
+        saved.epochs, saved.device = config.epochs, config.device
+        return run_dir, saved.validate()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file, not a folder")
+    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise ValueError(f"run folder {run_dir} exists and is not empty; pass --resume to "
+                         "continue it, --force to overwrite it, or another --out")
+    return run_dir, config
+
+
+def _clear_run_files(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for png in (run_dir / "figures").glob("*.png"):
+        png.unlink()
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(trainer: Trainer):
+    """First SIGINT: ask the trainer to stop after this epoch; second: interrupt now."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        print("\npyrovae: stopping after this epoch (checkpoint follows); Ctrl-C again to "
+              "abort now", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and device of a run, for the record."""
+    return {
+        "pyrovae": pyrovae.__version__, "pyro": pyro.__version__, "torch": torch.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:

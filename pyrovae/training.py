@@ -16,7 +16,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyrovae.data import DeviceBatches
+from pyrovae.data import DeviceBatches, check_images
 from pyrovae.estimators import Estimator, build_estimator
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
@@ -106,6 +106,7 @@ class Trainer:
         self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan)
         self.epoch = 0
         self.history: list[dict] = []
+        self.stop_requested = False  # set (e.g. by a signal handler) to stop after an epoch
 
     def fit(
         self,
@@ -139,8 +140,11 @@ class Trainer:
                 gradient was NaN or infinite; that epoch is not recorded and
                 ``on_epoch_end`` is not called, so the last checkpoint stays the good one.
         """
-        if not isinstance(epochs, int) or epochs < 1:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        self.check_data(train_x, "train_x")
+        if test_x is not None:
+            self.check_data(test_x, "test_x")
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
         self._choose_graph(train_x[:batch_size])
         show = sys.stderr.isatty() if progress is None else progress
@@ -171,8 +175,26 @@ class Trainer:
             logger.info("epoch %d: %s", self.epoch, metrics)
             if on_epoch_end is not None:
                 on_epoch_end(self, metrics)
+            if self.stop_requested:
+                logger.warning("stopping after epoch %d, as asked", self.epoch)
+                break
         bar.close()
         return self.history
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """``TypeError``/``ValueError`` unless ``x`` fits the model: finite images of the
+        model's shape, dtype and device (a one-off check, outside the training step)."""
+        check_images(x, what)
+        param = next(self.vae.parameters())
+        if x.dtype != param.dtype:
+            raise TypeError(f"{what} has dtype {x.dtype}, the model {param.dtype}; convert "
+                            f"with .to({param.dtype})")
+        if tuple(x.shape[1:]) != self.vae.data_shape:
+            raise ValueError(f"{what} images have shape {tuple(x.shape[1:])}, the model "
+                             f"expects {self.vae.data_shape}")
+        if x.device != param.device:
+            raise ValueError(f"{what} is on {x.device}, the model on {param.device}; move "
+                             "the data once with .to(device)")
 
     def _choose_graph(self, x: torch.Tensor) -> None:
         """Turn on CUDA-graph mode when ``compile`` asks for it and the step allows it."""

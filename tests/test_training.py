@@ -87,3 +87,38 @@ def test_resume_refuses_a_damaged_or_foreign_checkpoint(tmp_path):
     torch.save({"weights": 1}, run / "checkpoint.pt")
     with pytest.raises(ValueError, match="not a pyrovae checkpoint"):
         load_run(run)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (torch.rand(20, 1, 4, 4).double(), TypeError, "dtype torch.float64, the model torch.float32"),
+    ((torch.rand(20, 1, 4, 4) * 255).to(torch.uint8), TypeError, "floating-point"),
+    (torch.rand(20, 1, 5, 5), ValueError, r"shape \(1, 5, 5\), the model expects \(1, 4, 4\)"),
+    (torch.rand(20, 16), ValueError, r"shape \(N, C, H, W\)"),
+    (torch.full((20, 1, 4, 4), float("inf")), ValueError, "320 NaN or infinite"),
+    (torch.rand(0, 1, 4, 4), ValueError, "empty"),
+])
+def test_fit_refuses_data_that_does_not_fit_the_model(bad, error, match):
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)))
+    with pytest.raises(error, match=match):
+        trainer.fit(bad, epochs=1, batch_size=4, progress=False)
+    assert trainer.epoch == 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0"),
+    ({"particles": 0}, "particles must be a positive integer, got 0"),
+    ({"estimator": "nope"}, "unknown estimator 'nope'; known: "),
+    ({"stepper": "jax"}, "stepper must be one of fast, svi; got 'jax'"),
+    ({"on_nan": "ignore"}, "on_nan must be one of stop, skip; got 'ignore'"),
+    ({"clip_norm": -1}, "clip_norm must be > 0 or None, got -1"),
+])
+def test_trainer_refuses_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), **kwargs)
+
+
+def test_fit_refuses_bad_epochs(tiny_images):
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)))
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        trainer.fit(tiny_images[0], epochs=0, progress=False)
