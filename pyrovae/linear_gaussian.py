@@ -66,7 +66,8 @@ class LinearGaussianVAE(VAE):
     ``x`` expect shape ``(B, *data_shape)`` and return shape ``(B,)``, in nats.
     """
 
-    def __init__(self, data_shape: Sequence[int], z_dim: int = 2, sigma: float = 0.5):
+    def __init__(self, data_shape: Sequence[int] = (1, 2, 3), z_dim: int = 2,
+                 sigma: float = 0.5):
         data_shape = check_sizes(data_shape, "data_shape")
         super().__init__(data_shape, z_dim, likelihood=GaussianLikelihood(sigma),
                          encoder=AffineEncoder(data_shape, z_dim),
@@ -136,7 +137,7 @@ class LinearGaussianVAE(VAE):
         return x.reshape((n,) + self.data_shape)
 
     @classmethod
-    def random(cls, data_shape: Sequence[int] = (6,), z_dim: int = 2, sigma: float = 0.5,
+    def random(cls, data_shape: Sequence[int] = (1, 2, 3), z_dim: int = 2, sigma: float = 0.5,
                seed: int = 0, orthogonal: bool = True,
                dtype: torch.dtype = torch.float64) -> LinearGaussianVAE:
         """A model with random W (orthogonal columns of norms in [1, 2] when ``orthogonal``),

@@ -2,9 +2,9 @@
 
 The command's own tolerance (see ``pyrovae.check_kl.RULE``) is used as is, with alpha =
 1e-3 per check and fixed seeds: a correct model would fail with probability <= 2e-3 per run
-under the normal approximation. The wrong closed forms below are caught by a wide margin
-(measured: value |z| = 53 against a limit of 3.3; gradient max |z| = 32 against 5.5), so
-catching them does not hinge on the seed.
+when the per-draw differences are normal. The wrong closed forms below are caught by a wide
+margin (measured: value |z| = 53 against a limit of 3.5; gradient max |z| = 32 against 6.4),
+so catching them does not hinge on the seed.
 """
 
 import json
@@ -13,7 +13,7 @@ import pyro
 import pytest
 
 from pyrovae import kl
-from pyrovae.check_kl import check_kl
+from pyrovae.check_kl import check_kl, student_t_quantile
 from pyrovae.cli import main
 from pyrovae.data import binarize, load_dataset
 from pyrovae.model import VAE
@@ -72,7 +72,7 @@ def test_a_run_folder_is_checked_on_its_test_images(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--draws", "5"], "draws must be an integer >= 10, got 5"),
+    (["--draws", "5"], "draws must be an integer >= 20, got 5"),
     (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
     (["--alpha", "1.5"], "alpha must be a number in (0, 1), got 1.5"),
     (["/nonexistent/run"], "/nonexistent/run is not a pyrovae run folder (no config.json)"),
@@ -82,6 +82,13 @@ def test_bad_input_is_one_line_and_exit_status_2(capsys, flags, message):
     assert main(["check-kl", *flags]) == 2
     err = capsys.readouterr().err
     assert err == f"pyrovae check-kl: error: {message}\n"
+
+
+@pytest.mark.parametrize("upper,dof,exact", [(5e-4, 199, 3.340), (1e-6, 19, 6.723),
+                                             (1.4e-8, 39, 6.915), (1e-9, 999, 6.054)])
+def test_the_t_quantile_matches_scipys(upper, dof, exact):
+    """Reference values: scipy.stats.t.isf(upper, dof), to 3 decimals."""
+    assert student_t_quantile(upper, dof) == pytest.approx(exact, abs=2e-3)
 
 
 def test_the_analytic_path_has_lower_gradient_variance_on_a_trained_model():
