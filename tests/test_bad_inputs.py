@@ -56,18 +56,25 @@ def edit_config(run):
     (run / "config.json").write_text(json.dumps(config))
 
 
-def register_dataset(name, corrupt):
+def corrupted_digits(name, corrupt):
     def load(data_dir, download):
         data = load_dataset("digits")
         corrupt(data.train_x)
         return Dataset(name, data.train_x, data.train_y, data.test_x, data.test_y)
 
-    if name not in DATASETS:
-        DATASETS.register(name, load)
+    return load
 
 
-register_dataset("test-nan", lambda x: x.view(-1)[:3].fill_(float("nan")))
-register_dataset("test-inf", lambda x: x.view(-1)[:2].fill_(float("inf")))
+@pytest.fixture(scope="module", autouse=True)
+def corrupted_datasets():
+    """Digits with planted NaN / Inf, registered for this module's tests only."""
+    DATASETS.register("test-nan", corrupted_digits(
+        "test-nan", lambda x: x.view(-1)[:3].fill_(float("nan"))))
+    DATASETS.register("test-inf", corrupted_digits(
+        "test-inf", lambda x: x.view(-1)[:2].fill_(float("inf"))))
+    yield
+    DATASETS.unregister("test-nan")
+    DATASETS.unregister("test-inf")
 
 # (case, command line with RUN standing for the run folder, damage done first, message)
 CASES = [
