@@ -15,12 +15,12 @@ keyword arguments only (e.g. ``sigma``), and unknown keywords are ignored by :fu
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.nn import PyroModule
 
 from pyrovae.registry import Registry
@@ -89,13 +89,8 @@ class BernoulliLikelihood(Likelihood):
         super().check(x, hint or "; binarise grey images with --binarize static or dynamic")
 
 
-@LIKELIHOODS.register("gaussian")
-class GaussianLikelihood(Likelihood):
-    """P(X|z) = N(X; f(z), sigma^2 I) with a fixed sigma: Doersch's default (his eq. 1).
-
-    Args:
-        sigma: standard deviation, in the data's units (pixel values in [0, 1]); > 0.
-    """
+class FixedScaleLikelihood(Likelihood):
+    """Base of the likelihoods with one fixed scale ``sigma`` (> 0, finite, data units)."""
 
     def __init__(self, sigma: float = 0.1):
         super().__init__()
@@ -104,12 +99,103 @@ class GaussianLikelihood(Likelihood):
             raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
         self.sigma = float(sigma)
 
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(FixedScaleLikelihood):
+    """P(X|z) = N(X; f(z), sigma^2 I) with a fixed sigma: Doersch's default (his eq. 1).
+
+    Args:
+        sigma: standard deviation, in the data's units (pixel values in [0, 1]); > 0.
+    """
+
     def distribution(self, loc):
         return dist.Normal(loc, self.sigma)
 
 
+@LIKELIHOODS.register("laplace")
+class LaplaceLikelihood(FixedScaleLikelihood):
+    """P(X|z) = prod_i Laplace(x_i; f_i(z), b) = prod_i exp(-|x_i - f_i(z)| / b) / (2 b).
+
+    An L1 reconstruction error, more forgiving of outlying pixels than the Gaussian's L2.
+
+    Args:
+        sigma: the scale b, in the data's units; > 0 (the standard deviation is sqrt(2) b).
+    """
+
+    def distribution(self, loc):
+        return dist.Laplace(loc, self.sigma)
+
+
+@LIKELIHOODS.register("gaussian_learned")
+class LearnedGaussianLikelihood(Likelihood):
+    """P(X|z) = N(X; f(z), diag s(z)^2): the decoder also gives each pixel's sigma.
+
+    Two decoder outputs per value: the mean, and the raw scale r with
+    s = softplus(r) + MIN_SCALE (data units). The floor keeps log P(X|z) finite on pixels
+    that never vary (a digit's border), where the maximum-likelihood sigma is 0.
+    """
+
+    params_per_value = 2
+    MIN_SCALE = 1e-3
+
+    def distribution(self, loc, raw_scale):
+        return dist.Normal(loc, F.softplus(raw_scale) + self.MIN_SCALE)
+
+
+class UnitIntervalLikelihood(Likelihood):
+    """Base of the likelihoods of data in [0, 1] (grey levels)."""
+
+    support_text = "[0, 1]"
+
+    def in_support(self, x):
+        return (x >= 0) & (x <= 1)
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulliLikelihood(UnitIntervalLikelihood):
+    """P(X|z) = prod_i CB(x_i; lambda_i), lambda_i = sigmoid(f_i(z)), for data in [0, 1].
+
+        CB(x; lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x),
+        C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda)       (C(1/2) = 2)
+
+    The normalised Bernoulli for grey pixels (Loaiza-Ganem & Cunningham 2019). The raw output
+    is the logit; the mean is E[x] (not lambda).
+    """
+
+    def distribution(self, logits):
+        return dist.ContinuousBernoulli(logits=logits)
+
+
+class ClampedBeta(dist.Beta):
+    """``Beta`` whose ``log_prob`` clamps the value into [eps, 1 - eps], eps = ``EPS``.
+
+    Data at exactly 0 or 1 (most pixels of MNIST) would give log-densities of -inf or +inf;
+    eps = 1e-3 is below half the 8-bit grey step (1/510), so no two 8-bit levels merge.
+    """
+
+    EPS = 1e-3
+
+    def log_prob(self, value):
+        return super().log_prob(value.clamp(self.EPS, 1 - self.EPS))
+
+
+@LIKELIHOODS.register("beta")
+class BetaLikelihood(UnitIntervalLikelihood):
+    """P(X|z) = prod_i Beta(x_i; a_i(z), b_i(z)), for data in [0, 1].
+
+    Two decoder outputs per value, a = softplus(.) + MIN_CONCENTRATION and likewise b; the
+    mean is a / (a + b). Values are clamped to [1e-3, 1 - 1e-3] before scoring
+    (:class:`ClampedBeta`), so 0 and 1 are accepted by :meth:`check` and scored finitely.
+    """
+
+    params_per_value = 2
+    MIN_CONCENTRATION = 1e-3
+
+    def distribution(self, raw_a, raw_b):
+        return ClampedBeta(F.softplus(raw_a) + self.MIN_CONCENTRATION,
+                           F.softplus(raw_b) + self.MIN_CONCENTRATION)
+
+
 def build_likelihood(name: str, **options) -> Likelihood:
     """Instantiate the likelihood ``name`` with the ``options`` its constructor accepts."""
-    cls = LIKELIHOODS.get(name)
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in options.items() if k in accepted})
+    return LIKELIHOODS.build(name, **options)

@@ -3,6 +3,11 @@
     model(x):  z ~ P(z)                                 site "z", in plate "data"
                x ~ P(X | z) = L(f(z; theta))            site "x", observed
     guide(x):  z ~ Q(z | X) = N(mu(X), diag sigma^2(X))  site "z", in plate "data"
+               (or any registered guide built on the encoder's mu(X), sigma(X): a flow, ...)
+
+Prior, likelihood and guide are objects found by name in their registries
+(:data:`~pyrovae.priors.PRIORS`, :data:`~pyrovae.likelihoods.LIKELIHOODS`,
+:data:`~pyrovae.guides.GUIDES`); the VAE never branches on which it holds.
 
 Estimators, training, evaluation and plots use this pair and never reimplement it.
 """
@@ -17,13 +22,15 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from pyrovae.guides import Guide, build_guide
 from pyrovae.likelihoods import Likelihood, build_likelihood
 from pyrovae.networks import Decoder, Encoder, check_sizes
-from pyrovae.priors import PRIORS, Prior
+from pyrovae.priors import Prior, build_prior
 
 
 class VAE(PyroModule):
-    """A variational autoencoder: prior, decoder + likelihood (the model), encoder (the guide).
+    """A variational autoencoder: prior, decoder + likelihood (the model); encoder + ``q``, the
+    :class:`~pyrovae.guides.Guide` that turns the encoder's output into Q(z|X) (the guide).
 
     Args:
         data_shape: shape of one datum, e.g. ``(1, 28, 28)``.
@@ -32,6 +39,8 @@ class VAE(PyroModule):
         activation: hidden-layer activation name (``pyrovae.networks.ACTIVATIONS``).
         prior: a :class:`~pyrovae.priors.Prior` or a registered prior name.
         likelihood: a :class:`~pyrovae.likelihoods.Likelihood` or a registered name.
+        guide: a :class:`~pyrovae.guides.Guide` or a registered name: Q(z|X) built on the
+            encoder's ``loc, scale`` (``"diagonal"``, Doersch's; ``"flow"``, IAF steps).
         encoder, decoder: optional networks replacing the default MLPs; the encoder maps
             ``(B, *data_shape)`` to ``loc, scale`` of shape ``(B, z_dim)``, the decoder maps
             ``(..., z_dim)`` to ``(..., prod(data_shape) * likelihood.params_per_value)``.
@@ -47,12 +56,13 @@ class VAE(PyroModule):
         activation: str = "relu",
         prior: Prior | str = "standard_normal",
         likelihood: Likelihood | str = "gaussian",
+        guide: Guide | str = "diagonal",
         encoder: torch.nn.Module | None = None,
         decoder: torch.nn.Module | None = None,
     ):
         super().__init__()
         self.data_shape = check_sizes(data_shape, "data_shape")
-        self.prior = PRIORS.get(prior)(z_dim) if isinstance(prior, str) else prior
+        self.prior = build_prior(prior, z_dim) if isinstance(prior, str) else prior
         self.z_dim = self.prior.z_dim
         if self.z_dim != z_dim:
             raise ValueError(f"prior has z_dim {self.z_dim} but z_dim={z_dim} was asked for")
@@ -63,6 +73,11 @@ class VAE(PyroModule):
             Encoder(self.data_shape, hidden, z_dim, activation)
         self.decoder = decoder if decoder is not None else \
             Decoder(z_dim, hidden, out_dim, activation)
+        self.q = build_guide(guide, self.data_shape, z_dim, hidden=tuple(hidden)) \
+            if isinstance(guide, str) else guide
+        if self.q.z_dim != z_dim:
+            raise ValueError(f"guide has z_dim {self.q.z_dim} but z_dim={z_dim} was asked for")
+        self.prior.attach(self)  # priors built on the guide (VampPrior) take it here
 
     def _batch_size(self, x: torch.Tensor) -> int:
         if tuple(x.shape[1:]) != self.data_shape:
@@ -80,16 +95,21 @@ class VAE(PyroModule):
             pyro.sample("x", self.likelihood(self.decoder(z), self.data_shape), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
-        """Q(z|X) = N(mu(X), diag sigma^2(X))."""
+        """Q(z|X), e.g. N(mu(X), diag sigma^2(X)) for the ``diagonal`` guide."""
         n = self._batch_size(x)
         with pyro.plate("data", n):
-            loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("z", self.posterior(x))
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """Q(z|X) as a distribution: batch shape ``(B,)``, event shape ``(z_dim,)``."""
-        loc, scale = self.encoder(x)
-        return dist.Normal(loc, scale).to_event(1)
+        return self.q(x, *self.encoder(x))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """One code per datum, ``(B, z_dim)``: the guide's ``location`` (mu(X) for the
+        diagonal guide; mu(X) pushed through the flow for the flow guide)."""
+        self._batch_size(x)
+        return self.q.location(x, *self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean of P(X|z) for codes ``z`` of shape ``(..., z_dim)``: ``(..., *data_shape)``."""
@@ -97,9 +117,9 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder mean at the posterior mean mu(X); same shape as ``x``."""
-        self._batch_size(x)
-        return self.decode(self.encoder(x)[0])
+        """Decoder mean at the code :meth:`encode` gives (mu(X) for the diagonal guide);
+        same shape as ``x``."""
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ and the tests' parametrisation, so a registered component is on the CLI and unde
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -53,6 +54,19 @@ class Registry(Generic[T]):
             raise ValueError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
             ) from None
+
+    def build(self, name: str, *args, **options):
+        """Call the entry ``name`` with ``args`` and those ``options`` its signature accepts.
+
+        Lets one config hold every component's options (``sigma``, ``components``, ...):
+        each component takes the ones it declares and ignores the rest.
+        """
+        factory = self.get(name)
+        target = factory.__init__ if isinstance(factory, type) else factory
+        parameters = inspect.signature(target).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return factory(*args, **options)
+        return factory(*args, **{k: v for k, v in options.items() if k in parameters})
 
     def names(self) -> list[str]:
         """The registered names, sorted."""
