@@ -19,6 +19,7 @@ from pyrovae.estimators import (
     build_estimator,
 )
 from pyrovae.evaluation import evaluate_elbo
+from pyrovae.guides import GUIDES, DiagonalGuide, FlowGuide, Guide, build_guide
 from pyrovae.kl import (
     KLEstimate,
     PyroAnalyticELBO,
@@ -31,13 +32,25 @@ from pyrovae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood
 from pyrovae.linear_gaussian import LinearGaussianVAE, make_linear_gaussian
 from pyrovae.model import VAE
 from pyrovae.networks import MLP, Decoder, Encoder
-from pyrovae.priors import PRIORS, Prior, StandardNormal
+from pyrovae.plugins import load_plugin, load_plugins
+from pyrovae.priors import (
+    PRIORS,
+    DiagonalNormal,
+    FlowPrior,
+    MixturePrior,
+    Prior,
+    StandardNormal,
+    VampPrior,
+    build_prior,
+)
 from pyrovae.registry import Registry
 from pyrovae.runs import build_vae, load_run, train_run
 from pyrovae.sync_guard import HostSyncError, SyncGuard
 from pyrovae.training import Trainer, resolve_device
 
 __all__ = [
+    "GUIDES", "DiagonalGuide", "DiagonalNormal", "FlowGuide", "FlowPrior", "Guide",
+    "MixturePrior", "VampPrior", "build_guide", "build_prior", "load_plugin", "load_plugins",
     "DATASETS", "AnalyticELBO", "Dataset", "Decoder", "DeviceBatches", "ESTIMATORS", "Encoder",
     "Estimator", "HostSyncError", "KLEstimate", "LIKELIHOODS", "Likelihood",
     "LinearGaussianVAE", "MLP", "MeanFieldELBO", "PRIORS", "Prior", "PyroAnalyticELBO",

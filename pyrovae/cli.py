@@ -185,6 +185,14 @@ COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pyrovae.plugins import load_plugins, plugins_in_argv
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # before the parser is built, so --help lists the plug-ins' names among the choices
+        load_plugins(plugins_in_argv(argv))
+    except ValueError as error:
+        print(f"pyrovae: error: {error}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

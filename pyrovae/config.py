@@ -15,8 +15,10 @@ from typing import Any
 
 from pyrovae.data import BINARIZE_MODES, DATASETS
 from pyrovae.estimators import ESTIMATORS
+from pyrovae.guides import GUIDES
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.networks import ACTIVATIONS
+from pyrovae.plugins import load_plugins
 from pyrovae.priors import PRIORS
 from pyrovae.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 
@@ -39,9 +41,14 @@ class TrainConfig:
     binarize: str = _f("none", "binarise pixels: none, static (sampled once, fixed seed) or "
                        "dynamic (resampled every batch)", choices=lambda: list(BINARIZE_MODES))
     likelihood: str = _f("gaussian", "P(X|z)", choices=LIKELIHOODS.names)
-    sigma: float = _f(0.1, "standard deviation of the fixed-sigma Gaussian likelihood, in "
-                      "pixel units (data in [0, 1])")
+    sigma: float = _f(0.1, "standard deviation of the fixed-sigma Gaussian likelihood (the "
+                      "scale b of the laplace one), in pixel units (data in [0, 1])")
     prior: str = _f("standard_normal", "P(z)", choices=PRIORS.names)
+    guide: str = _f("diagonal", "Q(z|X): diagonal N(mu(X), diag sigma^2(X)), or flow (that "
+                    "Gaussian then --flow-steps IAF steps conditioned on X)",
+                    choices=GUIDES.names)
+    components: int = _f(10, "mixture components K of the mixture and vamp priors")
+    flow_steps: int = _f(2, "affine autoregressive steps of the flow prior and flow guide")
     z_dim: int = _f(2, "latent dimension k (2 also draws figures/latent.png)")
     hidden: list[int] = _f([256], "encoder hidden widths; the decoder mirrors them")
     activation: str = _f("relu", "hidden activation", choices=ACTIVATIONS.names)
@@ -62,16 +69,22 @@ class TrainConfig:
     clip_norm: float | None = _f(None, "clip each parameter's gradient to this L2 norm")
     seed: int = _f(0, "random seed (torch, NumPy, Python)")
     device: str = _f("auto", "auto (CUDA when available), cpu or cuda[:N]")
+    plugin: list[str] = _f([], "modules (names or .py paths) to import first: they register "
+                           "their own priors, likelihoods, guides (see pyrovae.plugins)")
 
     def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the first bad field, its value and what is allowed."""
-        for name in ("dataset", "likelihood", "prior", "activation", "elbo", "stepper",
-                     "compile", "on_nan", "binarize"):
+        """Raise ``ValueError`` naming the first bad field, its value and what is allowed.
+
+        Imports the ``plugin`` modules first, so the names they register are known.
+        """
+        load_plugins(self.plugin)
+        for name in ("dataset", "likelihood", "prior", "guide", "activation", "elbo",
+                     "stepper", "compile", "on_nan", "binarize"):
             choices = _choices(name)
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; "
                                  f"got {getattr(self, name)!r}")
-        for name in ("z_dim", "epochs", "batch_size", "particles"):
+        for name in ("z_dim", "epochs", "batch_size", "particles", "components", "flow_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")

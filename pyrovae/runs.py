@@ -34,8 +34,10 @@ import pyrovae
 from pyrovae import plots
 from pyrovae.config import TrainConfig
 from pyrovae.data import Dataset, binarize, check_batch_size, load_dataset
+from pyrovae.guides import build_guide
 from pyrovae.likelihoods import build_likelihood
 from pyrovae.model import VAE
+from pyrovae.priors import build_prior
 from pyrovae.training import NonFiniteLossError, Trainer, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,18 @@ def write_json(path: Path, value) -> None:
 
 
 def build_vae(config: TrainConfig, data_shape: tuple[int, ...]) -> VAE:
-    """The VAE a config describes (prior, likelihood, networks), on the CPU."""
-    likelihood = build_likelihood(config.likelihood, sigma=config.sigma)
+    """The VAE a config describes (prior, likelihood, guide, networks), on the CPU.
+
+    Each component takes the options of the config that its constructor declares
+    (``sigma``, ``components``, ``flow_steps``, ``hidden``) and ignores the others.
+    """
+    options = {"sigma": config.sigma, "components": config.components,
+               "flow_steps": config.flow_steps, "hidden": tuple(config.hidden)}
     return VAE(data_shape, z_dim=config.z_dim, hidden=config.hidden,
-               activation=config.activation, prior=config.prior, likelihood=likelihood)
+               activation=config.activation,
+               prior=build_prior(config.prior, config.z_dim, **options),
+               likelihood=build_likelihood(config.likelihood, **options),
+               guide=build_guide(config.guide, data_shape, config.z_dim, **options))
 
 
 def prepare_data(config: TrainConfig, vae: VAE, data: Dataset, device: torch.device) -> Dataset:
@@ -274,7 +284,11 @@ def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, TrainConfig]:
-    """The trained VAE of a run folder (last checkpoint) and its config; in eval mode."""
+    """The trained VAE of a run folder (last checkpoint) and its config; in eval mode.
+
+    Loading the config imports the run's plug-ins (``config.plugin``) before its prior,
+    likelihood and guide are looked up by name.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a pyrovae run folder (no config.json)")
