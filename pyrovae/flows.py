@@ -16,6 +16,8 @@ What this module adds to Pyro's classes:
 - :class:`AffineAutoregressive`: Pyro's transform with an inverse that reads no tensor value
   on the host (Pyro's loops over the permutation tensor and indexes with its 0-dim elements:
   one ``.item()``, a GPU sync, per dimension), so flows stay inside the sync-free step;
+- :class:`FlowDistribution`: Pyro's ``TransformedDistribution`` whose draws keep
+  ``log_prob`` differentiable;
 - :func:`flow_step`: a fresh transform per call, conditioned on a context when given. Pyro's
   transforms cache their last (x, y) pair; a fresh one per model/guide call never serves a
   stale pair and never keeps a graph alive between steps (it also keeps modules deep-copyable).
@@ -29,6 +31,7 @@ import warnings
 from collections.abc import Sequence
 from functools import partial
 
+import pyro.distributions as dist
 import torch
 from pyro.distributions import transforms
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
@@ -98,6 +101,18 @@ class AffineAutoregressive(transforms.AffineAutoregressive):
         # the last pass saw every coordinate but the last in order, all that s(x) depends on
         self._cached_log_scale = log_scale
         return torch.stack(x, dim=-1)
+
+
+class FlowDistribution(dist.TransformedDistribution):
+    """A base distribution pushed through transforms; ``sample()`` is ``rsample().detach()``.
+
+    Torch's ``sample()`` runs the transforms under ``no_grad`` and leaves that pair in their
+    caches, so ``log_prob`` of the draw would reuse it and silently carry no gradient; a
+    detached copy of an ``rsample()`` is a new tensor, which ``log_prob`` scores afresh.
+    """
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.rsample(sample_shape).detach()
 
 
 def flow_step(net: PyroModule, context: torch.Tensor | None = None) -> AffineAutoregressive:

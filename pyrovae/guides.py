@@ -27,7 +27,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.flows import flow_step, made, positive_int
+from pyrovae.flows import FlowDistribution, flow_step, made, positive_int
 from pyrovae.registry import Registry
 
 GUIDES: Registry = Registry("guide")
@@ -95,7 +95,7 @@ class FlowGuide(Guide):
         return [flow_step(net, context) for net in self.nets]
 
     def forward(self, x, loc, scale):
-        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), self._steps(x))
+        return FlowDistribution(dist.Normal(loc, scale).to_event(1), self._steps(x))
 
     def location(self, x, loc, scale):
         for step in self._steps(x):

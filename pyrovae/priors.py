@@ -24,7 +24,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.flows import flow_step, made, positive_int
+from pyrovae.flows import FlowDistribution, flow_step, made, positive_int
 from pyrovae.registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -190,7 +190,7 @@ class FlowPrior(Prior):
     def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
         base = dist.Normal(self.loc, self.scale).to_event(1)
         steps = [flow_step(net).inv for net in self.nets]
-        return dist.TransformedDistribution(base, steps).expand(torch.Size(batch_shape))
+        return FlowDistribution(base, steps).expand(torch.Size(batch_shape))
 
 
 def build_prior(name: str, z_dim: int, **options) -> Prior:
