@@ -18,6 +18,10 @@ EXAMPLES = {
     "quickstart.py": ["--epochs", "2", "--out", "{tmp}/q.png"],
     "mnist_vae.py": ["--data-dir", str(MNIST), "--epochs", "1", "--z-dim", "2",
                      "--out", "{tmp}/mnist"],
+    "custom_prior.py": ["--epochs", "1", "--out", "{tmp}/custom_prior"],
+    "custom_likelihood.py": ["--epochs", "1", "--out", "{tmp}/custom_likelihood"],
+    "swap_prior.py": ["--epochs", "1", "--out", "{tmp}/swap_prior.png"],
+    "sigma_tradeoff.py": ["--epochs", "1", "--out", "{tmp}/sigma_tradeoff.png"],
 }
 NEEDS_MNIST = {"mnist_vae.py"}
 
