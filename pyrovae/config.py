@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from pyrovae.data import BINARIZE_MODES, DATASETS
-from pyrovae.estimators import ESTIMATORS
+from pyrovae.estimators import ESTIMATORS, Estimator, build_estimator
 from pyrovae.guides import GUIDES
+from pyrovae.iwae import check_alpha
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.networks import ACTIVATIONS
 from pyrovae.plugins import load_plugins
 from pyrovae.priors import PRIORS
 from pyrovae.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
+from pyrovae.training import check_kl_weight
 
 
 def _f(default, help: str, **extra):
@@ -55,6 +57,15 @@ class TrainConfig:
     elbo: str = _f("trace", "ELBO estimator used for training and evaluation",
                    choices=ESTIMATORS.names)
     particles: int = _f(1, "Monte-Carlo particles per step")
+    alpha: float = _f(0.5, "Renyi order alpha of --elbo renyi (finite, not 1; 0 is the IWAE "
+                      "bound)")
+    score_function: bool = _f(False, "draw the guide's z without reparameterisation (same "
+                              "model): score-function gradients (trace, tracegraph, renyi, "
+                              "iwae)")
+    beta: float = _f(1.0, "KL weight B: train on E[log P(X|z)] - B D[Q(z|X) || P(z)] (the "
+                     "beta-VAE); evaluation always reports B = 1")
+    kl_warmup: int = _f(0, "epochs N of linear KL warm-up: beta rises from 0 in epoch 1 to B "
+                        "from epoch N + 1")
     stepper: str = _f("fast", "fast: sync-free loss + torch Adam; svi: pyro.infer.SVI + "
                       "pyro.optim.Adam (the reference)", choices=lambda: list(STEPPERS))
     compile: str = _f("auto", "auto: capture the fast step in a CUDA graph on CUDA when the "
@@ -96,7 +107,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be one or more integers >= 1; got {self.hidden!r}")
+        check_alpha(self.alpha)
+        if not isinstance(self.score_function, bool):
+            raise ValueError(f"score_function must be true or false; got {self.score_function!r}")
+        check_kl_weight(self.beta, self.kl_warmup, self.build_estimator())
         return self
+
+    def build_estimator(self) -> Estimator:
+        """The estimator ``elbo`` with ``particles``, ``alpha`` and ``score_function``."""
+        return build_estimator(self.elbo, self.particles, alpha=self.alpha,
+                               score_function=self.score_function)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,63 +4,176 @@ An :class:`Estimator` offers two ways to train the same model/guide pair:
 
 - ``pyro_elbo()``: a ``pyro.infer.ELBO`` for the reference stepper, ``pyro.infer.SVI``;
 - ``differentiable_loss(model, guide, *args)``: a scalar tensor whose value is the negative
-  ELBO and whose gradient is the estimator's gradient, computed from Pyro traces of the same
+  bound and whose gradient is the estimator's gradient, computed from Pyro traces of the same
   model and guide **without any host-device synchronisation** (no ``.item()``, no branching
   on tensor values), for the fast stepper. Pyro's own ``Trace_ELBO.differentiable_loss`` calls
   ``torch_item`` twice per site and then ``surrogate - torch_item(surrogate)``; here the
   equivalent ``loss + (surrogate - surrogate.detach())`` keeps everything on the device.
 
 Both are sums over the batch (Pyro's convention): divide by the batch size for nats per datum.
-Registered names: ``trace`` (Pyro's ``Trace_ELBO``, every term sampled), ``meanfield``
-(Pyro's ``TraceMeanField_ELBO``: the KL from torch's registry) and ``analytic`` (pyrovae's
-analytic-KL ELBO, :mod:`pyrovae.kl`). New estimators plug in by registering a name in
-:data:`ESTIMATORS`.
+
+Each class states where it sits on the independent axes of a variational loss (divergence,
+particles, importance weighting, analytic or sampled KL, gradient estimator), as data: an
+:class:`EstimatorAxes` in ``AXES``; an instance's ``axes`` fills in its particles, its alpha
+and its gradient. Comparison tables (:mod:`pyrovae.compare`) are generated from it.
+
+Two switches work for every estimator and any model/guide, as Pyro effect handlers applied
+around the pair (:mod:`pyrovae.handlers`), never by editing the model:
+
+- ``score_function=True``: the guide's latent draws are not reparameterised (same model), so
+  the gradient is the score-function one; refused by estimators whose gradient needs the
+  path (``meanfield``, ``analytic``, ``iwae_dreg``: ``supports_score_function = False``);
+- :meth:`Estimator.set_kl_weight`: beta times every latent site's log-density, in model and
+  guide (the beta-VAE objective and KL warm-up).
+
+Registered here: ``trace`` (Pyro's ``Trace_ELBO``), ``tracegraph`` (``TraceGraph_ELBO``),
+``meanfield`` (``TraceMeanField_ELBO``: the KL from torch's registry) and ``analytic``
+(pyrovae's analytic-KL ELBO, :mod:`pyrovae.kl`); in :mod:`pyrovae.iwae`: ``renyi``, ``iwae``
+and ``iwae_dreg``. New estimators plug in by registering a name in :data:`ESTIMATORS`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from dataclasses import dataclass
+
 import pyro.infer
 import torch
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.tracegraph_elbo import _compute_elbo
 from pyro.infer.util import is_identically_zero
 
+from pyrovae.handlers import HandledELBO, KLWeightMessenger, ScoreFunctionMessenger
 from pyrovae.kl import PyroAnalyticELBO, analytic_particle_elbo, closed_form_kl
 from pyrovae.registry import Registry
 
 ESTIMATORS: Registry = Registry("estimator")
 
 
+@dataclass(frozen=True)
+class EstimatorAxes:
+    """An estimator's place on the axes of a variational loss (TFP's vocabulary).
+
+    Attributes:
+        divergence: ``"KL"`` (the ELBO) or ``"Renyi"`` (the variational Renyi bound).
+        alpha: Renyi order (1 is the KL / ELBO, 0 the IWAE bound).
+        particles: K, the draws z_k ~ Q(z|X) per datum and step.
+        importance_weighted: the bound is log (1/K sum_k w_k^(1-alpha)) / (1 - alpha)
+            (a bound on log p(x) that tightens with K), not the average of K ELBOs.
+        kl: ``"sampled"`` (log q - log p at the draws) or ``"analytic"`` (closed form).
+        gradient: ``"pathwise"`` (reparameterised), ``"score function"`` (REINFORCE) or
+            ``"doubly reparameterised"`` (DReG, Tucker et al. 2019).
+        rao_blackwell: what the score-function term conditions on: ``"plates"``
+            (per-datum), ``"dependency graph"`` (TraceGraph), ``"none"`` (no such term).
+    """
+
+    divergence: str = "KL"
+    alpha: float = 1.0
+    particles: int = 1
+    importance_weighted: bool = False
+    kl: str = "sampled"
+    gradient: str = "pathwise"
+    rao_blackwell: str = "plates"
+
+    def row(self) -> dict:
+        """The axes as a flat dict (a table row)."""
+        return dataclasses.asdict(self)
+
+
 class Estimator:
-    """Base class: particles, Pyro's trace machinery, and the sync-free loss.
+    """Base class: particles, handlers, Pyro's trace machinery, and the sync-free loss.
 
     Args:
-        num_particles: number of Monte-Carlo draws averaged per step (K >= 1).
+        num_particles: number of Monte-Carlo draws per datum and step (K >= 1).
         vectorize_particles: draw the K particles in one vectorised pass (an extra plate on
             the left) instead of a Python loop.
+        score_function: make the guide's latent draws non-reparameterised (see the module
+            docstring); ``ValueError`` where the estimator needs the path.
     """
 
     pyro_class: type = pyro.infer.Trace_ELBO
+    AXES = EstimatorAxes()
+    supports_score_function = True
+    capturable = True  # a sync-free loss: the fast step may be captured in a CUDA graph
 
-    def __init__(self, num_particles: int = 1, vectorize_particles: bool = False):
+    def __init__(self, num_particles: int = 1, vectorize_particles: bool = False,
+                 score_function: bool = False):
         if not isinstance(num_particles, int) or isinstance(num_particles, bool) \
                 or num_particles < 1:
             raise ValueError(f"particles must be a positive integer, got {num_particles!r}")
+        if not isinstance(score_function, bool):
+            raise TypeError(f"score_function must be True or False, got {score_function!r}")
+        if score_function and not self.supports_score_function:
+            raise ValueError(f"score_function=True is not available with estimator "
+                             f"{self.name!r}: its gradient needs the reparameterised path; "
+                             f"use one of {', '.join(score_function_estimators())}")
         self.num_particles = num_particles
         self.vectorize_particles = vectorize_particles
-        self._elbo = self.pyro_elbo()  # owns particle handling and trace generation
+        self.score_function = score_function
+        self.kl_weight: torch.Tensor | None = None  # beta, when set_kl_weight was called
+        self._elbo = self.new_pyro_elbo()  # owns particle handling and trace generation
 
-    def pyro_elbo(self) -> pyro.infer.ELBO:
-        """A fresh Pyro ELBO object with this estimator's settings (for ``pyro.infer.SVI``)."""
+    @property
+    def name(self) -> str:
+        """The registered name of this class (its class name if unregistered)."""
+        return next((n for n in ESTIMATORS if ESTIMATORS.get(n) is type(self)),
+                    type(self).__name__)
+
+    @property
+    def axes(self) -> EstimatorAxes:
+        """``AXES`` with this instance's particles and gradient filled in."""
+        gradient = "score function" if self.score_function else self.AXES.gradient
+        return dataclasses.replace(self.AXES, particles=self.num_particles, gradient=gradient)
+
+    def new_pyro_elbo(self) -> pyro.infer.ELBO:
+        """A fresh Pyro ELBO with this estimator's settings, without handlers."""
         return self.pyro_class(
             num_particles=self.num_particles, vectorize_particles=self.vectorize_particles
         )
 
+    def pyro_elbo(self) -> pyro.infer.ELBO:
+        """A fresh Pyro ELBO with this estimator's settings and handlers (for ``SVI``)."""
+        elbo = self.new_pyro_elbo()
+        return HandledELBO(elbo, self.wrap) if self.handled else elbo
+
+    @property
+    def handled(self) -> bool:
+        """Whether :meth:`wrap` changes the model or guide."""
+        return self.score_function or self.kl_weight is not None
+
+    def wrap(self, model, guide):
+        """``(model, guide)`` under this estimator's handlers (score function, KL weight)."""
+        if self.score_function:
+            guide = ScoreFunctionMessenger()(guide)
+        if self.kl_weight is not None:
+            model = KLWeightMessenger(self.kl_weight)(model)
+            guide = KLWeightMessenger(self.kl_weight)(guide)
+        return model, guide
+
+    def set_kl_weight(self, beta: float, device: torch.device | str | None = None) -> None:
+        """Weight every latent site's log-density by ``beta`` (>= 0) from now on.
+
+        The first call creates the weight as a 0-dim tensor on ``device``; later calls update
+        it in place, so a captured step sees the new value. Set it before the first step.
+        """
+        if self.kl_weight is None:
+            self.kl_weight = torch.tensor(float(beta), device=device)
+        else:
+            self.kl_weight.fill_(float(beta))
+
+    def without_kl_weight(self) -> Estimator:
+        """A shallow copy of this estimator with no KL weight (the unweighted bound)."""
+        unweighted = copy.copy(self)
+        unweighted.kl_weight = None
+        return unweighted
+
     def traces(self, model, guide, *args, **kwargs):
-        """The ``num_particles`` (model trace, guide trace) pairs of one estimate (Pyro's)."""
-        return self._elbo._get_traces(model, guide, args, kwargs)
+        """The (model trace, guide trace) pairs of one estimate (one, if vectorised)."""
+        return self._elbo._get_traces(*self.wrap(model, guide), args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        """Negative ELBO (summed over the batch) as a 0-dim tensor; no host-device sync."""
+        """Negative bound (summed over the batch) as a 0-dim tensor; no host-device sync."""
         loss = 0.0
         for model_trace, guide_trace in self.traces(model, guide, *args, **kwargs):
             loss = loss + self.particle_loss(model_trace, guide_trace)
@@ -69,13 +182,20 @@ class Estimator:
     def particle_loss(self, model_trace, guide_trace) -> torch.Tensor:
         """One trace pair's share of :meth:`differentiable_loss` (divided by K)."""
         elbo, surrogate = self.particle_elbo(model_trace, guide_trace)
-        # value: the ELBO; gradient: the surrogate's (the ELBO's own graph is cut, as
-        # Pyro's torch_item does, or pathwise terms would count twice)
-        return -(elbo.detach() + (surrogate - surrogate.detach())) / self.num_particles
+        return -surrogate_value(elbo, surrogate) / self.num_particles
 
     def particle_elbo(self, model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor]:
         """(ELBO, surrogate ELBO) of one trace pair; the surrogate's gradient is the estimate."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+def surrogate_value(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """A tensor equal to ``value`` whose gradient is ``surrogate``'s (no sync).
+
+    ``value``'s own graph is cut, as Pyro's ``torch_item`` does, or pathwise terms would
+    count twice.
+    """
+    return value.detach() + (surrogate - surrogate.detach())
 
 
 @ESTIMATORS.register("trace")
@@ -112,6 +232,25 @@ class TraceELBO(Estimator):
         return elbo, surrogate
 
 
+@ESTIMATORS.register("tracegraph")
+class TraceGraphELBO(Estimator):
+    """Pyro's ``TraceGraph_ELBO``: the ELBO, with the score-function term of each
+    non-reparameterised site multiplied only by the costs downstream of it in the dependency
+    graph (provenance tracking), plus any baselines its ``infer`` dict asks for.
+
+    Pyro 1.9.2 offers it only through ``loss_and_grads``; the sync-free loss here is Pyro's
+    own ``_compute_elbo`` (tensors, no ``torch_item``). For a reparameterised guide it equals
+    ``trace`` in value and gradient.
+    """
+
+    pyro_class = pyro.infer.TraceGraph_ELBO
+    AXES = EstimatorAxes(rao_blackwell="dependency graph")
+
+    def particle_elbo(self, model_trace, guide_trace):
+        elbo, surrogate_loss = _compute_elbo(model_trace, guide_trace)
+        return elbo, -surrogate_loss
+
+
 @ESTIMATORS.register("meanfield")
 class MeanFieldELBO(Estimator):
     """Pyro's ``TraceMeanField_ELBO``: ELBO = E_Q[log P(X|z)] - D[Q(z|X) || P(z)].
@@ -124,6 +263,8 @@ class MeanFieldELBO(Estimator):
     """
 
     pyro_class = pyro.infer.TraceMeanField_ELBO
+    AXES = EstimatorAxes(kl="analytic", rao_blackwell="none")
+    supports_score_function = False
 
     def kl(self, q, p) -> torch.Tensor:
         """D[q || p] in closed form; ``NotImplementedError`` when there is none."""
@@ -151,6 +292,19 @@ class AnalyticELBO(MeanFieldELBO):
         return closed_form_kl(q, p)
 
 
+def score_function_estimators() -> list[str]:
+    """The registered estimators that accept ``score_function=True``."""
+    return [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).supports_score_function]
+
+
 def build_estimator(name: str, num_particles: int = 1, **options) -> Estimator:
-    """Instantiate the estimator registered as ``name``."""
-    return ESTIMATORS.get(name)(num_particles=num_particles, **options)
+    """Instantiate the estimator registered as ``name``.
+
+    ``options`` (``alpha``, ``score_function``, ...) go to the constructor; those it does not
+    declare are ignored, so one config can hold every estimator's options. ``alpha`` only
+    reaches the Renyi estimator, for instance.
+    """
+    return ESTIMATORS.build(name, num_particles=num_particles, **options)
+
+
+from pyrovae import iwae  # noqa: E402,F401  (registers renyi, iwae and iwae_dreg)

@@ -128,9 +128,9 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     data = prepare_data(config, vae, data, device)
     check_batch_size(config.batch_size, len(data.train_x))
     vae.to(device)
-    trainer = Trainer(vae, config.elbo, lr=config.lr, clip_norm=config.clip_norm,
-                      stepper=config.stepper, particles=config.particles,
-                      compile=config.compile, on_nan=config.on_nan)
+    trainer = Trainer(vae, config.build_estimator(), lr=config.lr, clip_norm=config.clip_norm,
+                      stepper=config.stepper, compile=config.compile, on_nan=config.on_nan,
+                      beta=config.beta, kl_warmup=config.kl_warmup)
     checkpoint = run_dir / "checkpoint.pt"
     if resume:
         trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])

@@ -75,6 +75,16 @@ class Trainer:
         on_nan: ``"stop"`` (raise :class:`NonFiniteLossError` at the end of an epoch with a
             non-finite loss or gradient) or ``"skip"`` (undo those updates and carry on;
             ``fast`` stepper only). Checked on the device, read once per epoch.
+        beta: the KL weight B > 0 of the beta-VAE objective E_Q[log P(X|z)] - B D[Q || P(z)],
+            applied by the estimator's :class:`~pyrovae.handlers.KLWeightMessenger` (every
+            latent site's log-density times beta, in model and guide), so every estimator
+            gets it.
+        kl_warmup: N >= 0 epochs of linear KL warm-up: epoch e (1, 2, ...) trains with
+            beta_e = B min(1, (e - 1) / N), from 0 in the first epoch to B from epoch N + 1.
+
+    With beta != 1 or a warm-up, ``train_elbo`` in the metrics is the training objective
+    (the beta-weighted bound), ``beta`` records beta_e, and ``test_elbo`` is always the
+    unweighted bound (beta = 1).
 
     The process-global Pyro parameter store is cleared on construction: a process trains
     one model at a time (stale entries of an earlier model would shadow this one's in SVI).
@@ -82,7 +92,8 @@ class Trainer:
 
     def __init__(self, vae: VAE, estimator: Estimator | str = "trace", lr: float = 1e-3,
                  clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
-                 compile: str = "auto", on_nan: str = "stop"):
+                 compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
+                 kl_warmup: int = 0):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if clip_norm is not None and not clip_norm > 0:
@@ -102,6 +113,9 @@ class Trainer:
         self.vae = vae
         self.estimator = build_estimator(estimator, particles) if isinstance(estimator, str) \
             else estimator
+        self.beta, self.kl_warmup = check_kl_weight(beta, kl_warmup, self.estimator)
+        if self.beta != 1.0 or self.kl_warmup:  # before the stepper: SVI wraps the handlers
+            self.estimator.set_kl_weight(self.beta_at(1), next(vae.parameters()).device)
         step_class = FastStepper if stepper == "fast" else SVIStepper
         self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan)
         self.epoch = 0
@@ -151,6 +165,9 @@ class Trainer:
         bar = tqdm(total=epochs, initial=self.epoch, disable=not show, unit="epoch",
                    desc="training")
         while self.epoch < epochs:
+            beta = self.beta_at(self.epoch + 1)
+            if self.estimator.kl_weight is not None:
+                self.estimator.set_kl_weight(beta)  # in place: a captured graph sees it
             start = time.perf_counter()
             for x in batches:
                 self.stepper.step(x)
@@ -162,7 +179,8 @@ class Trainer:
             good = stats.steps - stats.bad_steps
             train_elbo = -stats.loss_sum / (good * batch_size) if good else math.nan
             self.epoch += 1
-            metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds}
+            metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds,
+                       "beta": beta}
             if stats.bad_steps:
                 metrics["skipped_steps"] = stats.bad_steps
                 logger.warning("epoch %d: skipped %d of %d steps with a NaN/infinite loss or "
@@ -209,8 +227,15 @@ class Trainer:
         self.stepper.use_graph = ok
         logger.info("%s training: %s", "CUDA-graph" if ok else "eager", reason)
 
+    def beta_at(self, epoch: int) -> float:
+        """The KL weight of epoch ``epoch`` (1-based): B min(1, (epoch - 1) / N)."""
+        if not self.kl_warmup:
+            return self.beta
+        return self.beta * min(1.0, (epoch - 1) / self.kl_warmup)
+
     def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> float:
-        """ELBO of ``x`` in nats per datum, drawn from a forked RNG (training is unaffected)."""
+        """The estimator's unweighted bound (beta = 1) of ``x``, nats per datum, drawn from a
+        forked RNG (training is unaffected)."""
         with torch.random.fork_rng(devices=_cuda_devices(x)):
             return evaluate_elbo(self.vae, x, batch_size, self.estimator)
 
@@ -230,6 +255,20 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+
+
+def check_kl_weight(beta, kl_warmup, estimator: Estimator) -> tuple[float, int]:
+    """``(beta, kl_warmup)`` checked: beta a finite number > 0, kl_warmup an integer >= 0,
+    and neither with a score-function estimator (Pyro's scale would also scale the score)."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) \
+            or beta <= 0:
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
+        raise ValueError(f"kl_warmup must be an integer >= 0 (epochs), got {kl_warmup!r}")
+    if estimator.score_function and (beta != 1 or kl_warmup):
+        raise ValueError("beta != 1 and kl_warmup need pathwise gradients: the KL weight "
+                         "scales the guide's score-function term too; drop --score-function")
+    return float(beta), kl_warmup
 
 
 def _cuda_devices(x: torch.Tensor) -> list[int]:
