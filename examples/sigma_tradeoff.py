@@ -1,6 +1,6 @@
 """Doersch's sigma: the Gaussian likelihood's sigma trades reconstructions against samples.
 
-    python examples/sigma_tradeoff.py [--epochs 50] [--out sigma_tradeoff.png]
+    python examples/sigma_tradeoff.py [--epochs 50] [--z-dim 10] [--out sigma_tradeoff.png]
 
 With P(X|z) = N(X; f(z), sigma^2 I), trains one VAE per sigma in {0.03, 0.1, 0.3, 1.0} on
 the bundled digits (same networks, seed and budget) and prints, per test image, the two terms
@@ -41,9 +41,9 @@ def elbo_terms(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return reconstruction, kl_or_mc(vae.posterior(x), vae.prior((len(x),))).value
 
 
-def train_with_sigma(sigma: float, data, epochs: int) -> dict:
+def train_with_sigma(sigma: float, data, epochs: int, z_dim: int) -> dict:
     pyro.set_rng_seed(0)
-    vae = VAE(data.image_shape, z_dim=2, hidden=(256,), likelihood=GaussianLikelihood(sigma))
+    vae = VAE(data.image_shape, z_dim, hidden=(256,), likelihood=GaussianLikelihood(sigma))
     Trainer(vae, "trace", lr=3e-3).fit(data.train_x, epochs, batch_size=64)
     pyro.set_rng_seed(1)
     reconstruction, kl = elbo_terms(vae, data.test_x)
@@ -53,16 +53,16 @@ def train_with_sigma(sigma: float, data, epochs: int) -> dict:
             "recon_images": vae.reconstruct(data.test_x[:32]), "samples": vae.sample(32)}
 
 
-def main(epochs: int = 50, out: str = "sigma_tradeoff.png") -> list[dict]:
+def main(epochs: int = 50, z_dim: int = 10, out: str = "sigma_tradeoff.png") -> list[dict]:
     data = load_dataset("digits")
-    rows = [train_with_sigma(sigma, data, epochs) for sigma in SIGMAS]
-    print(f"digits, z_dim 2, {epochs} epochs, Gaussian likelihood N(X; f(z), sigma^2 I), "
+    rows = [train_with_sigma(sigma, data, epochs, z_dim) for sigma in SIGMAS]
+    print(f"digits, z_dim {z_dim}, {epochs} epochs, Gaussian likelihood N(X; f(z), sigma^2 I), "
           "N(0, I) prior; per test image (mean over 300): nats, MSE in squared grey levels\n")
     print(f"{'sigma':>6}{'ELBO':>11}{'E_Q[log P(X|z)]':>17}{'KL':>9}{'recon MSE':>11}")
     for r in rows:
         print(f"{r['sigma']:>6}{r['reconstruction'] - r['kl']:>11.2f}{r['reconstruction']:>17.2f}"
               f"{r['kl']:>9.2f}{r['mse']:>11.4f}")
-    fig, axes = plt.subplots(2, len(rows), figsize=(3 * len(rows), 6.4))
+    fig, axes = plt.subplots(2, len(rows), figsize=(3 * len(rows), 4.2))
     for column, r in zip(axes.T, rows):
         for ax, images, what in ((column[0], r["recon_images"], "reconstructions"),
                                  (column[1], r["samples"], "samples")):
@@ -78,6 +78,7 @@ def main(epochs: int = 50, out: str = "sigma_tradeoff.png") -> list[dict]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--z-dim", type=int, default=10)
     parser.add_argument("--out", default="sigma_tradeoff.png")
     args = parser.parse_args()
-    main(args.epochs, args.out)
+    main(args.epochs, args.z_dim, args.out)
