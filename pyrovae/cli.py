@@ -1,4 +1,4 @@
-"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``.
+"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``, ``compare``.
 
 ``train``'s flags are generated from :class:`pyrovae.config.TrainConfig` (one flag per field,
 its help from the field's metadata). Bad input prints one line naming the argument, the value
@@ -77,6 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluation batch size (default: 1000)")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    evaluate.add_argument("--nll-samples", type=int, default=0, metavar="K",
+                          help="also estimate the test NLL by importance sampling from Q with "
+                          "K draws per image (the IWAE-K bound; e.g. 5000), with its standard "
+                          "errors (default: 0, none)")
+    evaluate.add_argument("--chunk", type=int, default=100, metavar="C",
+                          help="draws per image and pass for --nll-samples; a pass scores at "
+                          "most 65,536 (image, draw) pairs, so memory stays bounded "
+                          "(default: 100)")
+    evaluate.add_argument("--limit", type=int, metavar="N",
+                          help="evaluate only the first N test images (default: all)")
+
+    compare = commands.add_parser(
+        "compare", help="ELBO estimators side by side on one test batch",
+        description="For one batch of test images, R estimates per estimator: mean bound, "
+        "its sd across repeats, gradient variance and signal-to-noise ratio for encoder and "
+        "decoder parameters, time per step. Prints the table, writes RUN_DIR/compare.csv "
+        "and RUN_DIR/figures/compare.png.")
+    compare.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--estimators", nargs="+", metavar="NAME[:K][+sf]",
+                         help="estimators with K particles (+sf: score-function gradient); "
+                         "default: every registered one (importance-weighted at K = 5 and 50)"
+                         ", and trace+sf, iwae:5+sf")
+    compare.add_argument("--repeats", type=int, default=50, help="estimates per estimator "
+                         "(default: 50)")
+    compare.add_argument("--batch-size", type=int, default=64,
+                         help="test images in the batch (default: 64)")
+    compare.add_argument("--alpha", type=float, help="renyi's order (default: the run's)")
+    compare.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    compare.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
     from pyrovae.check_kl import RULE
 
@@ -152,6 +181,14 @@ def _evaluate(args) -> int:
     vae, config = load_run(args.run_dir, args.device)
     data = load_dataset(config.dataset, config.data_dir, download=False)
     data = prepare_data(config, vae, data, vae.device)
+    if args.limit is not None:
+        if not 1 <= args.limit <= len(data.test_x):
+            raise ValueError(f"--limit must be in [1, {len(data.test_x)}] (the test set), "
+                             f"got {args.limit}")
+        data.test_x = data.test_x[:args.limit]
+    if args.nll_samples < 0 or args.chunk < 1:
+        raise ValueError(f"--nll-samples must be >= 0 and --chunk >= 1, got "
+                         f"{args.nll_samples} and {args.chunk}")
     pyro.set_rng_seed(args.seed)
     result = {
         "test_elbo": evaluate_elbo(vae, data.test_x, args.batch_size, config.elbo),
@@ -160,6 +197,10 @@ def _evaluate(args) -> int:
         "units": "nats per datum",
         "seed": args.seed,
     }
+    if args.nll_samples:
+        from pyrovae.evaluation import nll_report
+
+        result.update(nll_report(vae, data.test_x, args.nll_samples, args.chunk))
     write_json(args.run_dir / "evaluation.json", result)
     print(json.dumps(result, indent=2))
     return 0
@@ -181,7 +222,20 @@ def _check_kl(args) -> int:
     return 0 if report["agree"] else 1
 
 
-COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl": _check_kl}
+def _compare(args) -> int:
+    from pyrovae.compare import EstimatorSpec, format_table, run_compare
+
+    specs = [EstimatorSpec.parse(text) for text in args.estimators] if args.estimators \
+        else None
+    rows = run_compare(args.run_dir, specs, args.repeats, args.batch_size, args.seed,
+                       args.device, args.alpha)
+    print(format_table(rows))
+    print(f"wrote {args.run_dir / 'compare.csv'} and {args.run_dir / 'figures/compare.png'}")
+    return 0
+
+
+COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl": _check_kl,
+            "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import math
 from dataclasses import dataclass
 
 import pyro.infer
@@ -170,7 +172,10 @@ class Estimator:
 
     def traces(self, model, guide, *args, **kwargs):
         """The (model trace, guide trace) pairs of one estimate (one, if vectorised)."""
-        return self._elbo._get_traces(*self.wrap(model, guide), args, kwargs)
+        model, guide = self.wrap(model, guide)
+        if self._elbo.vectorize_particles and self._elbo.max_plate_nesting == math.inf:
+            guess_plate_nesting(self._elbo, model, guide, args, kwargs)
+        return self._elbo._get_traces(model, guide, args, kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """Negative bound (summed over the batch) as a 0-dim tensor; no host-device sync."""
@@ -187,6 +192,19 @@ class Estimator:
     def particle_elbo(self, model_trace, guide_trace) -> tuple[torch.Tensor, torch.Tensor]:
         """(ELBO, surrogate ELBO) of one trace pair; the surrogate's gradient is the estimate."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+
+def guess_plate_nesting(elbo: pyro.infer.ELBO, model, guide, args, kwargs) -> int:
+    """Pyro's guess of ``elbo.max_plate_nesting`` (one run of guide and model, as Pyro does
+    on first use), without its INFO log line; sets and returns it."""
+    logger = logging.getLogger("pyro.infer.elbo")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+    finally:
+        logger.setLevel(level)
+    return elbo.max_plate_nesting
 
 
 def surrogate_value(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:

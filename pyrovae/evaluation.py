@@ -33,6 +33,7 @@ nats per datum; bits per dimension = nats / (D ln 2), D = values per datum (pixe
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-from pyrovae.estimators import Estimator, build_estimator
+from pyrovae.estimators import Estimator, build_estimator, guess_plate_nesting
 from pyrovae.iwae import log_weights
 from pyrovae.model import VAE
 
@@ -212,8 +213,7 @@ def _plate_nesting(vae: VAE, x: torch.Tensor) -> int:
     """How many plates deep the model and guide go (Pyro's guess, from one run)."""
     elbo = pyro.infer.Trace_ELBO(vectorize_particles=True)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        elbo._guess_max_plate_nesting(vae.model, vae.guide, (x,), {})
-    return elbo.max_plate_nesting
+        return guess_plate_nesting(elbo, vae.model, vae.guide, (x,), {})
 
 
 def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
@@ -229,3 +229,14 @@ def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if len(x) == 0:
         raise ValueError("cannot estimate the log-likelihood of an empty data set")
+
+
+def nll_report(vae: VAE, x: torch.Tensor, samples: int, chunk: int = 100) -> dict:
+    """The test NLL by importance sampling (IWAE-k) of the data ``x``, for evaluation.json:
+    :meth:`LogLikelihood.summary` plus ``test_nll_chunk`` and ``test_nll_seconds`` (wall
+    time of the whole estimate, on ``x``'s device)."""
+    start = time.perf_counter()
+    result = log_likelihood(vae, x, samples, "guide", chunk)
+    seconds = time.perf_counter() - start
+    return {**result.summary("test_nll"), "test_nll_chunk": chunk,
+            "test_nll_seconds": seconds, "test_nll_device": str(x.device)}
