@@ -22,6 +22,12 @@ EXAMPLES = {
     "custom_likelihood.py": ["--epochs", "1", "--out", "{tmp}/custom_likelihood"],
     "swap_prior.py": ["--epochs", "1", "--out", "{tmp}/swap_prior.png"],
     "sigma_tradeoff.py": ["--epochs", "1", "--out", "{tmp}/sigma_tradeoff.png"],
+    "naive_vs_importance.py": ["--epochs", "1", "--images", "2", "--max-naive", "1000",
+                               "--max-importance", "100", "--out", "{tmp}/nvi.png"],
+    "compare_estimators.py": ["--epochs", "1", "--train-limit", "200", "--test-limit", "20",
+                              "--nll-samples", "20", "--snr-particles", "1", "3",
+                              "--snr-repeats", "5", "--hidden", "16", "--z-dim", "2",
+                              "--out", "{tmp}/ce.png"],
 }
 NEEDS_MNIST = {"mnist_vae.py"}
 
