@@ -26,6 +26,7 @@ import pyro  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.compare import EstimatorSpec, compare_estimators  # noqa: E402
 from pyrovae.evaluation import log_likelihood  # noqa: E402
+from pyrovae.plots import _save as save  # noqa: E402
 
 TRAINED = ["trace", "analytic", "iwae:5", "iwae:50", "iwae_dreg:5", "iwae_dreg:50"]
 
@@ -117,8 +118,7 @@ def plot(snr: list[dict], out: str) -> None:
                title=f"{part} gradient SNR")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, out)
 
 
 if __name__ == "__main__":

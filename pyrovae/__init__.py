@@ -8,18 +8,23 @@ The public API, re-exported from the modules that own it::
 __version__ = "0.1.0"
 
 from pyrovae.check_kl import check_kl, run_check_kl
+from pyrovae.compare import EstimatorSpec, compare_estimators, run_compare
 from pyrovae.config import TrainConfig
 from pyrovae.data import DATASETS, Dataset, DeviceBatches, binarize, load_dataset
 from pyrovae.estimators import (
     ESTIMATORS,
     AnalyticELBO,
     Estimator,
+    EstimatorAxes,
     MeanFieldELBO,
     TraceELBO,
+    TraceGraphELBO,
     build_estimator,
 )
-from pyrovae.evaluation import evaluate_elbo
+from pyrovae.evaluation import LogLikelihood, evaluate_elbo, log_likelihood
 from pyrovae.guides import GUIDES, DiagonalGuide, FlowGuide, Guide, build_guide
+from pyrovae.handlers import KLWeightMessenger, ScoreFunctionMessenger
+from pyrovae.iwae import IWAE, ImportanceWeighted, IWAEDReG, RenyiBound, renyi_bound
 from pyrovae.kl import (
     KLEstimate,
     PyroAnalyticELBO,
@@ -59,4 +64,7 @@ __all__ = [
     "closed_form_kl", "evaluate_elbo", "kl_diag_normal", "kl_or_mc", "kl_standard_normal",
     "load_dataset", "load_run", "make_linear_gaussian", "resolve_device", "run_check_kl",
     "train_run",
+    "EstimatorAxes", "EstimatorSpec", "IWAE", "IWAEDReG", "ImportanceWeighted",
+    "KLWeightMessenger", "LogLikelihood", "RenyiBound", "ScoreFunctionMessenger",
+    "TraceGraphELBO", "compare_estimators", "log_likelihood", "renyi_bound", "run_compare",
 ]

@@ -81,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also estimate the test NLL by importance sampling from Q with "
                           "K draws per image (the IWAE-K bound; e.g. 5000), with its standard "
                           "errors (default: 0, none)")
-    evaluate.add_argument("--chunk", type=int, default=100, metavar="C",
+    evaluate.add_argument("--chunk", type=int, default=500, metavar="C",
                           help="draws per image and pass for --nll-samples; a pass scores at "
-                          "most 65,536 (image, draw) pairs, so memory stays bounded "
-                          "(default: 100)")
+                          "most 16,384 (image, draw) pairs, so memory stays bounded "
+                          "(default: 500)")
     evaluate.add_argument("--limit", type=int, metavar="N",
                           help="evaluate only the first N test images (default: all)")
 

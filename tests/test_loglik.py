@@ -136,6 +136,10 @@ def test_a_list_of_k_reuses_the_draws_and_reports_units_and_standard_errors(line
     assert summary["test_nll_mc_se"] == pytest.approx(
         float(last.per_datum_mc_se.square().sum().sqrt()) / 8)
     assert math.isnan(log_likelihood(vae, x, 1).per_datum_mc_se[0])
+    assert 1 <= last.per_datum_ess.min() and last.per_datum_ess.max() <= 100
+    vae.set_posterior_guide_()  # equal weights: every draw counts, ESS = k
+    torch.testing.assert_close(log_likelihood(vae, x, 50).per_datum_ess,
+                               torch.full((8,), 50.0, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kwargs,match", [
