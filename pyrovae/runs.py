@@ -276,8 +276,9 @@ def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
                          f"this pyrovae reads version {CHECKPOINT_VERSION}")
     if config is not None:
         saved = dict(state["config"], epochs=config.epochs, device=config.device)
-        if saved != config.to_dict():
-            diff = sorted(k for k in saved if saved[k] != config.to_dict().get(k))
+        current = config.to_dict()
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise ValueError(f"checkpoint {path} was written for another config "
                              f"(differs in {', '.join(diff)})")
     return state
