@@ -1,30 +1,21 @@
 """ELBO estimators by name: each turns (model, guide, batch) into a loss.
 
-An :class:`Estimator` offers two ways to train the same model/guide pair:
+An :class:`Estimator` trains the same model/guide pair two ways: ``pyro_elbo()``, a
+``pyro.infer.ELBO`` for the reference stepper (``pyro.infer.SVI``), and
+``differentiable_loss(model, guide, *args)``, a scalar tensor whose value is the negative
+bound and whose gradient is the estimator's, computed from Pyro traces **without any
+host-device synchronisation** (no ``.item()``, no branching on tensor values) for the fast
+stepper: where Pyro writes ``surrogate - torch_item(surrogate)``, here
+``loss + (surrogate - surrogate.detach())``. Both are sums over the batch (Pyro's
+convention): divide by the batch size for nats per datum.
 
-- ``pyro_elbo()``: a ``pyro.infer.ELBO`` for the reference stepper, ``pyro.infer.SVI``;
-- ``differentiable_loss(model, guide, *args)``: a scalar tensor whose value is the negative
-  bound and whose gradient is the estimator's gradient, computed from Pyro traces of the same
-  model and guide **without any host-device synchronisation** (no ``.item()``, no branching
-  on tensor values), for the fast stepper. Pyro's own ``Trace_ELBO.differentiable_loss`` calls
-  ``torch_item`` twice per site and then ``surrogate - torch_item(surrogate)``; here the
-  equivalent ``loss + (surrogate - surrogate.detach())`` keeps everything on the device.
-
-Both are sums over the batch (Pyro's convention): divide by the batch size for nats per datum.
-
-Each class states where it sits on the independent axes of a variational loss (divergence,
-particles, importance weighting, analytic or sampled KL, gradient estimator), as data: an
-:class:`EstimatorAxes` in ``AXES``; an instance's ``axes`` fills in its particles, its alpha
-and its gradient. Comparison tables (:mod:`pyrovae.compare`) are generated from it.
-
-Two switches work for every estimator and any model/guide, as Pyro effect handlers applied
-around the pair (:mod:`pyrovae.handlers`), never by editing the model:
-
-- ``score_function=True``: the guide's latent draws are not reparameterised (same model), so
-  the gradient is the score-function one; refused by estimators whose gradient needs the
-  path (``meanfield``, ``analytic``, ``iwae_dreg``: ``supports_score_function = False``);
-- :meth:`Estimator.set_kl_weight`: beta times every latent site's log-density, in model and
-  guide (the beta-VAE objective and KL warm-up).
+Each class states its place on the axes of a variational loss as data, an
+:class:`EstimatorAxes` in ``AXES`` (an instance's ``axes`` fills in K, alpha, the gradient);
+comparison tables (:mod:`pyrovae.compare`) are generated from it. Two switches act on any
+model/guide through Pyro effect handlers (:mod:`pyrovae.handlers`), never through the model:
+``score_function=True`` (the guide's draws are not reparameterised; refused where the
+gradient needs the path: ``supports_score_function = False``) and :meth:`set_kl_weight`
+(beta times every latent site's log-density: the beta-VAE objective, KL warm-up).
 
 Registered here: ``trace`` (Pyro's ``Trace_ELBO``), ``tracegraph`` (``TraceGraph_ELBO``),
 ``meanfield`` (``TraceMeanField_ELBO``: the KL from torch's registry) and ``analytic``

@@ -88,7 +88,8 @@ def graph_capturable(vae: VAE, estimator: Estimator, x: torch.Tensor,
         return False, f"estimator {type(estimator).__name__} has no sync-free loss"
     with torch.no_grad(), poutine.block(), torch.random.fork_rng(
             devices=[device] if torch.cuda.is_available() else []):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)  # leaves the RNG streams as found
+        guide = estimator.wrap(vae.model, vae.guide)[1]  # as trained (--score-function)
+        guide_trace = poutine.trace(guide).get_trace(x)  # leaves the RNG streams as found
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site_is_subsample(site) \
                 and not site["fn"].has_rsample:

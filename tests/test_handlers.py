@@ -153,3 +153,14 @@ def test_config_round_trip_keeps_the_estimator_fields():
     again = TrainConfig.from_dict(config.to_dict())
     assert again.build_estimator().axes == config.build_estimator().axes
     assert again.build_estimator().axes.gradient == "score function"
+
+
+def test_a_score_function_estimator_is_kept_out_of_cuda_graphs(tiny_images):
+    """The capture check looks at the guide as the estimator runs it (through its handlers)."""
+    from pyrovae.steppers import graph_capturable
+
+    vae, x = tiny_vae(), tiny_images[1][:4]
+    cuda = torch.device("cuda")  # only its type is read before the guide is traced
+    ok, reason = graph_capturable(vae, build_estimator("iwae", 3, score_function=True), x, cuda)
+    assert not ok and "not reparameterised" in reason
+    assert graph_capturable(vae, build_estimator("iwae_dreg", 3), x, cuda)[0]
