@@ -16,7 +16,9 @@ a fixed seed, the same data for every variant. Variants:
 5. ``torch_graph``: (4) captured in one CUDA graph (CUDA only);
 6. ``matmul_floor``: only the matrix products of the forward and backward passes.
 
-Each variant trains a fresh model from the same seed for ``--epochs`` epochs; the table gives
+Each variant trains a fresh model from the same seed for ``--epochs`` epochs. The variants take
+turns, one epoch each, in an order rotated every round (each keeps its own RNG stream, so it
+draws what it would alone): a slow spell of a shared machine hits all of them. The table gives
 the median seconds per epoch, samples per second, peak device memory (CUDA only), the test
 ELBO after those epochs (one-sample estimate, nats per image: no variant wins by doing less),
 and the time ratios to (1), to the hand-written step ((5) on CUDA, else (4)) and to (6).
@@ -31,6 +33,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
@@ -71,24 +74,52 @@ class TorchVAE(nn.Module):
         return -(log_lik + log_prior_minus_q).sum()
 
 
-def time_epochs(epochs: int, one_epoch, device) -> list[float]:
-    times = []
-    for _ in range(epochs):
-        sync(device)
-        start = time.perf_counter()
-        one_epoch()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def batches(x: torch.Tensor, batch_size: int):
     order = torch.randperm(len(x), device=x.device)
     for i in range(len(x) // batch_size):
         yield x[order[i * batch_size:(i + 1) * batch_size]]
 
 
-def pyro_example(train, test, batch_size, epochs, device):
+class Variant:
+    """One way to train: ``epoch()`` runs one training epoch, ``test_elbo()`` scores it.
+
+    Each variant owns its torch RNG stream (saved and restored around its epochs), so the
+    variants can take turns epoch by epoch and still draw exactly what they would alone.
+    """
+
+    def __init__(self, epoch: Callable[[], None], test_elbo: Callable[[], float],
+                 device: torch.device):
+        self._epoch, self._test_elbo, self.device = epoch, test_elbo, device
+        self._rng = _rng_state(device)
+
+    def timed_epoch(self) -> float:
+        """Seconds of one epoch, the device synchronised before and after."""
+        _set_rng_state(self._rng, self.device)
+        sync(self.device)
+        start = time.perf_counter()
+        self._epoch()
+        sync(self.device)
+        seconds = time.perf_counter() - start
+        self._rng = _rng_state(self.device)
+        return seconds
+
+    def test_elbo(self) -> float:
+        _set_rng_state(self._rng, self.device)
+        return self._test_elbo()
+
+
+def _rng_state(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device)
+                                   if device.type == "cuda" else None)
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def pyro_example(train, test, batch_size, device) -> Variant:
     from torch.utils.data import DataLoader, TensorDataset
 
     vae = VAE((1, 28, 28), Z_DIM, (HIDDEN,), likelihood="bernoulli").to(device)
@@ -102,27 +133,24 @@ def pyro_example(train, test, batch_size, epochs, device):
         for (x,) in loader:
             svi.step(x.to(device))
 
-    return time_epochs(epochs, epoch, device), evaluate_elbo(vae, test)
+    return Variant(epoch, lambda: evaluate_elbo(vae, test), device)
 
 
 def pyrovae_variant(compile):
-    def run(train, test, batch_size, epochs, device):
+    def setup(train, test, batch_size, device) -> Variant:
         vae = VAE((1, 28, 28), Z_DIM, (HIDDEN,), likelihood="bernoulli").to(device)
         trainer = Trainer(vae, "trace", lr=LR, compile=compile)
-        times = []
-        for epoch in range(1, epochs + 1):
-            sync(device)
-            start = time.perf_counter()
-            trainer.fit(train, epoch, batch_size, progress=False)
-            sync(device)
-            times.append(time.perf_counter() - start)
-        return times, evaluate_elbo(vae, test)
 
-    return run
+        def epoch():
+            trainer.fit(train, trainer.epoch + 1, batch_size, progress=False)
+
+        return Variant(epoch, lambda: evaluate_elbo(vae, test), device)
+
+    return setup
 
 
 def torch_variant(graph: bool):
-    def run(train, test, batch_size, epochs, device):
+    def setup(train, test, batch_size, device) -> Variant:
         model = TorchVAE().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, capturable=graph)
         flat = train.reshape(len(train), -1)
@@ -137,13 +165,16 @@ def torch_variant(graph: bool):
                     model.loss(x).backward()
                     optimizer.step()
 
-        times = time_epochs(epochs, epoch, device)
-        with torch.no_grad():
-            test_flat = test.reshape(len(test), -1)
-            elbo = -sum(model.loss(test_flat[i:i + 1000]) for i in range(0, len(test), 1000))
-        return times, float(elbo) / len(test)
+        def test_elbo():
+            with torch.no_grad():
+                test_flat = test.reshape(len(test), -1)
+                elbo = -sum(model.loss(test_flat[i:i + 1000])
+                            for i in range(0, len(test), 1000))
+            return float(elbo) / len(test)
 
-    return run
+        return Variant(epoch, test_elbo, device)
+
+    return setup
 
 
 def _torch_graph_step(model, optimizer, example):
@@ -170,7 +201,7 @@ def _torch_graph_step(model, optimizer, example):
     return step
 
 
-def matmul_floor(train, test, batch_size, epochs, device):
+def matmul_floor(train, test, batch_size, device) -> Variant:
     """The GEMMs of one step (forward, grad-input except layer 1, grad-weight), per batch."""
     layers = [(PIXELS, HIDDEN), (HIDDEN, 2 * Z_DIM), (Z_DIM, HIDDEN), (HIDDEN, PIXELS)]
     b = batch_size
@@ -190,7 +221,7 @@ def matmul_floor(train, test, batch_size, epochs, device):
             for a, m in mats:
                 torch.mm(a, m)
 
-    return time_epochs(epochs, epoch, device), math.nan
+    return Variant(epoch, lambda: math.nan, device)
 
 
 VARIANTS = {
@@ -227,23 +258,35 @@ def main(argv=None) -> list[dict]:
     test = binarize(data.test_x, "static", seed=1).to(device)
     rows = []
     for batch_size in args.batch_sizes:
-        for name in args.variants:
-            if name in CUDA_ONLY and device.type != "cuda":
-                continue
-            pyro.set_rng_seed(0)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times, elbo = VARIANTS[name](train, test, batch_size, args.epochs, device)
-            seconds = statistics.median(times)
+        names = [n for n in args.variants if device.type == "cuda" or n not in CUDA_ONLY]
+        variants = {}
+        for name in names:
+            pyro.set_rng_seed(0)  # every variant starts from the same seed
+            variants[name] = VARIANTS[name](train, test, batch_size, device)
+        times = {name: [] for name in names}
+        peaks = dict.fromkeys(names, 0.0)
+        for epoch in range(args.epochs):
+            # the variants take turns, one epoch each, in an order rotated every round, so a
+            # slow spell of a shared machine is spread over all of them
+            shift = epoch % len(names)
+            for name in names[shift:] + names[:shift]:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                times[name].append(variants[name].timed_epoch())
+                if device.type == "cuda":
+                    peaks[name] = max(peaks[name],
+                                      torch.cuda.max_memory_allocated(device) / 2**20)
+        for name in names:
+            seconds = statistics.median(times[name])
             rows.append({
                 "variant": name, "device": device_name(device), "batch_size": batch_size,
                 "epochs": args.epochs, "seconds_per_epoch": seconds,
                 "samples_per_second": (len(train) // batch_size) * batch_size / seconds,
-                "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
-                if device.type == "cuda" else None,
-                "test_elbo": elbo,
+                "peak_mib": peaks[name] if device.type == "cuda" else None,
+                "test_elbo": variants[name].test_elbo(),
             })
-            print(f"  {name:14s} batch {batch_size:5d}: {seconds:8.3f} s/epoch", flush=True)
+            print(f"  {name:14s} batch {batch_size:5d}: {seconds:8.3f} s/epoch "
+                  f"(epochs: {', '.join(f'{t:.3f}' for t in times[name])})", flush=True)
     print_table(rows, device)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -108,10 +108,15 @@ class FastStepper:
         on_nan: ``"stop"`` (count non-finite steps; the trainer stops) or ``"skip"`` (also
             undo their updates on the device).
         warmup: eager steps before a CUDA graph is captured (graph mode only).
+        betas, eps: Adam's moment decay rates and denominator constant.
+
+    On CUDA the learning rate is a device tensor, so :meth:`set_lr` changes it in place and
+    a captured graph replays with the new value.
     """
 
     def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
-                 on_nan: str = "stop", warmup: int = 3):
+                 on_nan: str = "stop", warmup: int = 3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.vae, self.estimator, self.clip_norm = vae, estimator, clip_norm
         self.on_nan = on_nan
         self.params = list(vae.parameters())
@@ -120,7 +125,9 @@ class FastStepper:
         # CPU: fused Adam, one kernel for all parameters (about 6x faster than the default
         # per-tensor loop for the MNIST MLP, and it reads no value on the host either)
         cuda = self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, capturable=cuda, fused=not cuda)
+        lr_value = torch.tensor(float(lr), device=self.device) if cuda else lr
+        self.optimizer = torch.optim.Adam(self.params, lr=lr_value, betas=betas, eps=eps,
+                                          capturable=cuda, fused=not cuda)
         self.loss_sum = torch.zeros((), device=self.device)
         # steps, bad steps, first bad step (-1: none), on the device
         self.counters = torch.tensor([0, 0, -1], device=self.device)
@@ -165,7 +172,7 @@ class FastStepper:
     def step(self, x: torch.Tensor) -> None:
         """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
         if not self.use_graph:
-            self.optimizer.zero_grad(set_to_none=False)
+            self.optimizer.zero_grad(set_to_none=True)  # no zero fill, no accumulate
             self._eager_step(x)
         elif self.graph is not None:
             self.static_x.copy_(x)
@@ -203,6 +210,14 @@ class FastStepper:
         self.counters.copy_(torch.tensor([0, 0, -1]))
         return EpochStats(loss, int(steps), int(bad), int(first))
 
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate (in place on CUDA: a captured graph sees it)."""
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
@@ -210,7 +225,12 @@ class FastStepper:
         if self.graph is not None:
             raise RuntimeError("load the optimiser state before the first step: a captured "
                                "CUDA graph holds the old state tensors")
+        lr_tensors = [g["lr"] for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state)
+        for group, lr in zip(self.optimizer.param_groups, lr_tensors):
+            if isinstance(lr, torch.Tensor):  # keep the device tensor, take the saved value
+                lr.fill_(float(group["lr"]))
+                group["lr"] = lr
 
 
 class SVIStepper:
@@ -219,12 +239,14 @@ class SVIStepper:
     use_graph = False
 
     def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
-                 on_nan: str = "stop"):
+                 on_nan: str = "stop", betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
         if on_nan != "stop":
             raise ValueError(f"on_nan={on_nan!r} needs stepper 'fast': pyro.infer.SVI has "
                              "already updated the parameters when it returns the loss")
         clip_args = {"clip_norm": clip_norm} if clip_norm is not None else None
-        self.optimizer = pyro.optim.Adam({"lr": lr}, clip_args=clip_args)
+        self.optim_args = {"lr": lr, "betas": betas, "eps": eps}
+        self.optimizer = pyro.optim.Adam(self.optim_args, clip_args=clip_args)
         self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, estimator.pyro_elbo())
         self.stats = EpochStats(0.0, 0, 0, -1)
 
@@ -241,6 +263,13 @@ class SVIStepper:
     def take_epoch(self) -> EpochStats:
         stats, self.stats = self.stats, EpochStats(0.0, 0, 0, -1)
         return stats
+
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate of every per-parameter optimiser, and of later ones."""
+        self.optim_args["lr"] = lr  # pyro.optim reads this dict for parameters it meets later
+        for optimizer in self.optimizer.optim_objs.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def state_dict(self) -> dict:
         return self.optimizer.get_state()

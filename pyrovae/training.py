@@ -81,6 +81,11 @@ class Trainer:
             gets it.
         kl_warmup: N >= 0 epochs of linear KL warm-up: epoch e (1, 2, ...) trains with
             beta_e = B min(1, (e - 1) / N), from 0 in the first epoch to B from epoch N + 1.
+        adam_betas, adam_eps: Adam's moment decay rates (each in [0, 1)) and denominator
+            constant (> 0); Burda et al. (2015) train with eps 1e-4.
+
+    :meth:`set_lr` changes the learning rate between epochs (schedules), also inside a
+    captured CUDA graph.
 
     With beta != 1 or a warm-up, ``train_elbo`` in the metrics is the training objective
     (the beta-weighted bound), ``beta`` records beta_e, and ``test_elbo`` is always the
@@ -93,9 +98,14 @@ class Trainer:
     def __init__(self, vae: VAE, estimator: Estimator | str = "trace", lr: float = 1e-3,
                  clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
-                 kl_warmup: int = 0):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+                 kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
+                 adam_eps: float = 1e-8):
+        check_lr(lr)
+        if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
+        if not (isinstance(adam_eps, (int, float)) and math.isfinite(adam_eps)
+                and adam_eps > 0):
+            raise ValueError(f"adam_eps must be a finite number > 0, got {adam_eps!r}")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         if stepper not in STEPPERS:
@@ -117,7 +127,8 @@ class Trainer:
         if self.beta != 1.0 or self.kl_warmup:  # before the stepper: SVI wraps the handlers
             self.estimator.set_kl_weight(self.beta_at(1), next(vae.parameters()).device)
         step_class = FastStepper if stepper == "fast" else SVIStepper
-        self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan)
+        self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan,
+                                  betas=tuple(adam_betas), eps=float(adam_eps))
         self.epoch = 0
         self.history: list[dict] = []
         self.stop_requested = False  # set (e.g. by a signal handler) to stop after an epoch
@@ -199,6 +210,11 @@ class Trainer:
         bar.close()
         return self.history
 
+    def set_lr(self, lr: float) -> None:
+        """Train the next steps with learning rate ``lr`` (> 0), e.g. from a schedule."""
+        check_lr(lr)
+        self.stepper.set_lr(float(lr))
+
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """``TypeError``/``ValueError`` unless ``x`` fits the model: finite images of the
         model's shape, dtype and device (a one-off check, outside the training step)."""
@@ -255,6 +271,13 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+
+
+def check_lr(lr) -> None:
+    """``ValueError`` unless ``lr`` is a finite number > 0."""
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
+            and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
 
 
 def check_kl_weight(beta, kl_warmup, estimator: Estimator) -> tuple[float, int]:
