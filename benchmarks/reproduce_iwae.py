@@ -1,0 +1,275 @@
+"""Reproduce Table 1 of Burda, Grosse & Salakhutdinov (2015), *Importance Weighted
+Autoencoders*, for one stochastic layer, with pyrovae's public API.
+
+    python benchmarks/reproduce_iwae.py --data-dir ../shared/data --rows vae-k1 \\
+        --budget-minutes 60 [--out runs/iwae] [--device auto]
+    python benchmarks/reproduce_iwae.py --data-dir ../shared/data --rows iwae-k50 --schedule paper
+
+Setting (the paper's): MNIST, 60,000 training images binarised afresh in every batch
+(``dynamic_binarize``, on the device), the 10,000 test images binarised once (seed 1); encoder
+and decoder with two hidden layers of 200 tanh units, 50 latent units, Bernoulli likelihood,
+N(0, I) prior; Adam (0.9, 0.999, eps 1e-4). Rows: ``vae-kK`` trains ``trace`` with K particles
+(the ELBO averaged over K), ``iwae-kK`` the K-sample bound (``iwae``); ``iwae-k1`` is
+``vae-k1``. Rows past the paper: ``dreg-k50`` (``iwae_dreg``), ``vamp-iwae-k50`` (VampPrior),
+``flow-iwae-k50`` (IAF guide).
+
+Schedules:
+
+* ``--schedule paper``: batch 20; 3^i epochs at learning rate 1e-3 * 10^(-i/7), i = 0..7
+  (3,280 epochs).
+* ``--budget-minutes M``: batch ``--batch-size`` (128), learning rate decayed exponentially
+  from ``--lr`` (1e-3) to ``--lr-end`` (1e-4) as training time goes from 0 to M minutes
+  (set before every epoch, from the training time so far); training stops when M minutes
+  of training are spent. Evaluation time is not counted.
+
+Each row keeps ``OUT/ROW/checkpoint.pt`` (written after every epoch, atomically) and continues
+from it when run again with the same schedule; its result goes to ``OUT/ROW/result.json``.
+The test negative log-likelihood is estimated by importance sampling from the guide with
+k = ``--nll-k`` (5,000) draws per image, with its standard error over the test images.
+The table of every finished row under OUT is printed beside the paper's numbers and, with
+``--docs PATH``, written into PATH between the markers ``<!-- iwae-table -->`` and
+``<!-- /iwae-table -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset, log_likelihood  # noqa: E402
+from pyrovae.runs import atomic_write, environment, write_json  # noqa: E402
+from pyrovae.training import resolve_device  # noqa: E402
+
+HIDDEN, Z_DIM, ADAM_EPS = (200, 200), 50, 1e-4
+PAPER_BATCH, PAPER_STAGES = 20, 8
+BEST_PUBLISHED_K50 = 84.59  # a TensorFlow 2 reproduction of the IWAE k = 50 row
+
+
+@dataclass(frozen=True)
+class Row:
+    estimator: str
+    particles: int
+    paper: float | None  # Burda et al. Table 1, test NLL in nats (k = 5000)
+    prior: str = "standard_normal"
+    guide: str = "diagonal"
+
+
+ROWS = {
+    "vae-k1": Row("trace", 1, 86.76),
+    "vae-k5": Row("trace", 5, 86.47),
+    "vae-k50": Row("trace", 50, 86.35),
+    "iwae-k5": Row("iwae", 5, 85.54),
+    "iwae-k50": Row("iwae", 50, 84.78),
+    "dreg-k50": Row("iwae_dreg", 50, None),
+    "vamp-iwae-k50": Row("iwae", 50, None, prior="vamp"),
+    "flow-iwae-k50": Row("iwae", 50, None, guide="flow"),
+}
+
+
+def paper_stages() -> list[tuple[int, float]]:
+    """The paper's schedule: (epochs, learning rate) for i = 0..7."""
+    return [(3 ** i, 1e-3 * 10 ** (-i / 7)) for i in range(PAPER_STAGES)]
+
+
+class PaperSchedule:
+    """Learning rate by epoch; done after sum 3^i = 3,280 epochs."""
+
+    def __init__(self):
+        self.ends = []  # (last epoch of the stage, lr)
+        total = 0
+        for epochs, lr in paper_stages():
+            total += epochs
+            self.ends.append((total, lr))
+        self.batch_size = PAPER_BATCH
+
+    def describe(self) -> str:
+        return "paper: batch 20, 3^i epochs at lr 1e-3*10^(-i/7), i=0..7 (3,280 epochs)"
+
+    def lr(self, epoch: int, seconds: float) -> float | None:
+        """Learning rate of epoch ``epoch`` (1-based), or ``None`` when training is done."""
+        return next((lr for end, lr in self.ends if epoch <= end), None)
+
+
+class BudgetSchedule:
+    """Exponential decay from ``lr`` to ``lr_end`` over ``minutes`` of training time."""
+
+    def __init__(self, minutes: float, batch_size: int, lr: float, lr_end: float):
+        if not minutes > 0:
+            raise SystemExit(f"--budget-minutes must be > 0, got {minutes}")
+        self.seconds, self.batch_size = 60.0 * minutes, batch_size
+        self.lr0, self.lr1 = lr, lr_end
+
+    def describe(self) -> str:
+        return (f"budget: {self.seconds / 60:g} min, batch {self.batch_size}, lr {self.lr0:g} "
+                f"-> {self.lr1:g} exponential in training time")
+
+    def lr(self, epoch: int, seconds: float) -> float | None:
+        if seconds >= self.seconds:
+            return None
+        return self.lr0 * (self.lr1 / self.lr0) ** (seconds / self.seconds)
+
+
+def build_model(row: Row, device: torch.device) -> VAE:
+    return VAE((1, 28, 28), Z_DIM, HIDDEN, activation="tanh", likelihood="bernoulli",
+               prior=row.prior, guide=row.guide).to(device)
+
+
+def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
+              device: torch.device) -> tuple[VAE, dict]:
+    """Train (or continue) row ``name``; returns the model and its training record."""
+    row = ROWS[name]
+    pyro.set_rng_seed(0)
+    vae = build_model(row, device)
+    # a step with a NaN loss or gradient is undone and counted, not fatal: rows run unattended
+    trainer = Trainer(vae, row.estimator, particles=row.particles, adam_eps=ADAM_EPS,
+                      lr=1e-3, on_nan="skip")
+    checkpoint = folder / "checkpoint.pt"
+    record = {"row": name, "schedule": schedule.describe(), "train_seconds": 0.0, "steps": 0,
+              "epochs": 0}
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["record"]["schedule"] != record["schedule"]:
+            raise SystemExit(f"{checkpoint} was trained with schedule "
+                             f"{state['record']['schedule']!r}, not {record['schedule']!r}; "
+                             "pass the same schedule, or another --out")
+        trainer.load_state_dict(state["trainer"])
+        record = state["record"]
+        print(f"{name}: continuing from epoch {trainer.epoch} "
+              f"({record['train_seconds'] / 60:.1f} min trained)", flush=True)
+    steps_per_epoch = len(train) // schedule.batch_size
+    bar = tqdm(desc=name, unit="epoch", initial=trainer.epoch, file=sys.stdout,
+               mininterval=10.0)
+    while (lr := schedule.lr(trainer.epoch + 1, record["train_seconds"])) is not None:
+        trainer.set_lr(lr)
+        start = time.perf_counter()
+        history = trainer.fit(train, trainer.epoch + 1, schedule.batch_size,
+                              dynamic_binarize=True, progress=False)
+        record["train_seconds"] += time.perf_counter() - start
+        record["steps"] += steps_per_epoch
+        record["epochs"] = trainer.epoch
+        record["train_elbo"] = history[-1]["train_elbo"]
+        record["skipped_steps"] = record.get("skipped_steps", 0) + \
+            history[-1].get("skipped_steps", 0)
+        state = {"trainer": trainer.state_dict(), "record": record}
+        atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
+        bar.update(1)
+        bar.set_postfix(lr=f"{lr:.2e}", elbo=f"{record['train_elbo']:.2f}",
+                        minutes=f"{record['train_seconds'] / 60:.1f}")
+    bar.close()
+    return vae, record
+
+
+def evaluate_row(vae: VAE, test: torch.Tensor, k: int, chunk: int) -> dict:
+    """Test NLL (IS from the guide, k draws) and the one-sample test ELBO, nats per image."""
+    vae.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        estimate = log_likelihood(vae, test, samples=k, chunk=min(chunk, k))
+        elbo = evaluate_elbo(vae, test)
+    return {"nll": -estimate.mean, "nll_se": estimate.se, "nll_mc_se": estimate.mc_se,
+            "nll_k": k, "nll_ess": estimate.ess, "test_elbo": elbo, "n_test": len(test),
+            "eval_seconds": time.perf_counter() - start}
+
+
+def device_label(env: dict) -> str:
+    """``NVIDIA H100 80GB HBM3`` or ``CPU x86_64, 2 threads``."""
+    if env["device"].startswith("cuda"):
+        return env["device_name"]
+    return f"CPU {env['device_name']}, {env['torch_threads']} threads"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: paper vs pyrovae per row, with device, schedule and wall time."""
+    lines = ["| row | trained as | paper NLL | pyrovae NLL ± s.e. | k | epochs | train time | "
+             "device | schedule |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: list(ROWS).index(r["row"])):
+        row = ROWS[r["row"]]
+        paper = f"{row.paper:.2f}" if row.paper is not None else \
+            f"(beat {BEST_PUBLISHED_K50})"
+        lines.append(
+            f"| {r['row']} | {row.estimator} K={row.particles}, prior {row.prior}, guide "
+            f"{row.guide} | {paper} | {r['nll']:.2f} ± {r['nll_se']:.2f} | {r['nll_k']} | "
+            f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['device']} | "
+            f"{r['schedule']} |")
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, text: str) -> None:
+    """Replace the block between the iwae-table markers of ``path`` (append if absent)."""
+    begin, end = "<!-- iwae-table -->", "<!-- /iwae-table -->"
+    block = f"{begin}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old + ("\n" if old else "") + block + "\n"
+    atomic_write(path, lambda f: f.write(new.encode()))
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/")
+    parser.add_argument("--rows", nargs="+", default=["vae-k1"], choices=ROWS)
+    parser.add_argument("--schedule", choices=["paper", "budget"], default=None,
+                        help="default: budget when --budget-minutes is given, else paper")
+    parser.add_argument("--budget-minutes", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=128, help="budget schedule only")
+    parser.add_argument("--lr", type=float, default=1e-3, help="budget schedule: first lr")
+    parser.add_argument("--lr-end", type=float, default=1e-4, help="budget schedule: last lr")
+    parser.add_argument("--nll-k", type=int, default=5000)
+    parser.add_argument("--chunk", type=int, default=500, help="IS draws per pass")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("runs/iwae"))
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="markdown file whose iwae-table block gets the table")
+    parser.add_argument("--train-limit", type=int, default=None, help="smoke tests only")
+    parser.add_argument("--test-limit", type=int, default=None, help="smoke tests only")
+    args = parser.parse_args(argv)
+    schedule_name = args.schedule or ("budget" if args.budget_minutes else "paper")
+    if schedule_name == "budget":
+        if args.budget_minutes is None:
+            parser.error("--schedule budget needs --budget-minutes")
+        schedule = BudgetSchedule(args.budget_minutes, args.batch_size, args.lr, args.lr_end)
+    else:
+        schedule = PaperSchedule()
+    device = resolve_device(args.device)
+    data = load_dataset("mnist", args.data_dir)
+    train = data.train_x[:args.train_limit].to(device)
+    test = binarize(data.test_x[:args.test_limit], "static", seed=1).to(device)
+    env = environment(device)
+    for name in args.rows:
+        folder = args.out / name
+        vae, record = train_row(name, schedule, train, folder, device)
+        done = folder / "result.json"
+        if done.exists() and json.loads(done.read_text())["epochs"] == record["epochs"] \
+                and json.loads(done.read_text())["nll_k"] == args.nll_k:
+            print(f"{name}: already evaluated at epoch {record['epochs']} ({done})")
+            continue
+        result = {**record, **evaluate_row(vae, test, args.nll_k, args.chunk),
+                  "device": device_label(env), "row_spec": asdict(ROWS[name])}
+        write_json(folder / "result.json", result)
+        paper = ROWS[name].paper
+        print(f"{name}: test NLL {result['nll']:.2f} ± {result['nll_se']:.2f} nats "
+              f"(k={args.nll_k}; paper {paper if paper is not None else '-'}), "
+              f"{record['epochs']} epochs in {record['train_seconds'] / 60:.1f} min", flush=True)
+    results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*/result.json"))
+               if p.parent.name in ROWS]
+    text = table(results)
+    print(text)
+    if args.docs:
+        write_docs(args.docs, text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
