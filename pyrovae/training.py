@@ -128,7 +128,8 @@ class Trainer:
             self.estimator.set_kl_weight(self.beta_at(1), next(vae.parameters()).device)
         step_class = FastStepper if stepper == "fast" else SVIStepper
         self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan,
-                                  betas=tuple(adam_betas), eps=float(adam_eps))
+                                  betas=tuple(float(b) for b in adam_betas),
+                                  eps=float(adam_eps))
         self.epoch = 0
         self.history: list[dict] = []
         self.stop_requested = False  # set (e.g. by a signal handler) to stop after an epoch

@@ -6,6 +6,7 @@ No timing is asserted here: timings live in benchmarks/ and docs/BENCHMARKS.md.
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def load_script(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 
@@ -38,3 +40,49 @@ def test_speed_benchmark_rows(shared_data_dir, tmp_path, capsys):
     assert math.isclose(by_name["pyrovae_eager"]["test_elbo"],
                         by_name["torch_eager"]["test_elbo"], rel_tol=1e-3)
     assert "| pyrovae_eager | 256 |" in capsys.readouterr().out
+
+
+def test_reproduce_iwae_trains_resumes_and_writes_the_table(shared_data_dir, tmp_path, capsys):
+    if not (shared_data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    iwae = load_script("reproduce_iwae")
+    docs = tmp_path / "BENCH.md"
+    docs.write_text("# title\n<!-- iwae-table -->\nold\n<!-- /iwae-table -->\ntail\n")
+    args = ["--data-dir", str(shared_data_dir), "--rows", "iwae-k5", "--budget-minutes",
+            "0.02", "--batch-size", "64", "--train-limit", "256", "--test-limit", "20",
+            "--nll-k", "20", "--device", "cpu", "--out", str(tmp_path / "out"),
+            "--docs", str(docs)]
+    [result] = iwae.main(args)
+    assert result["row"] == "iwae-k5" and result["epochs"] >= 1
+    assert result["steps"] == result["epochs"] * (256 // 64)
+    assert result["train_seconds"] >= 0.02 * 60  # stops only once the budget is spent
+    assert math.isfinite(result["nll"]) and result["nll_se"] > 0 and result["nll_k"] == 20
+    # a bound: the k = 20 IS estimate of -log p(x) is at most the one-sample ELBO's, up to
+    # noise (20 test images: a loose, but not vacuous, margin)
+    assert result["nll"] <= -result["test_elbo"] + 5.0
+    text = docs.read_text()
+    assert text.startswith("# title\n<!-- iwae-table -->\n| row |") and text.endswith(
+        "<!-- /iwae-table -->\ntail\n") and "old" not in text
+    assert "| iwae-k5 | iwae K=5" in text and "| 85.54 |" in text
+    # run again: the budget is spent, so the checkpoint is the result; nothing is retrained
+    capsys.readouterr()
+    [again] = iwae.main(args)
+    assert again["epochs"] == result["epochs"] and again["nll"] == result["nll"]
+    assert "continuing from epoch" in capsys.readouterr().out
+    # another schedule with the same folder is refused, naming both
+    with pytest.raises(SystemExit, match="was trained with schedule"):
+        iwae.main(args[:5] + ["0.05"] + args[6:])
+
+
+def test_paper_schedule_is_the_papers():
+    iwae = load_script("reproduce_iwae")
+    schedule = iwae.PaperSchedule()
+    assert schedule.batch_size == 20
+    assert schedule.lr(1, 0.0) == pytest.approx(1e-3)
+    assert schedule.lr(2, 0.0) == pytest.approx(1e-3 * 10 ** (-1 / 7))  # epochs 2-4: i = 1
+    assert schedule.lr(4, 0.0) == schedule.lr(2, 0.0) != schedule.lr(5, 0.0)
+    assert schedule.lr(3280, 0.0) == pytest.approx(1e-4) and schedule.lr(3281, 0.0) is None
+    budget = iwae.BudgetSchedule(10, 128, 1e-3, 1e-4)
+    assert budget.lr(1, 0.0) == pytest.approx(1e-3)
+    assert budget.lr(9, 300.0) == pytest.approx(10 ** -3.5)  # half-way: geometric mean
+    assert budget.lr(99, 600.0) is None

@@ -102,3 +102,60 @@ def test_cuda_step_has_no_host_sync_including_adam():
     x = torch.rand(64, 1, 8, 8, device="cuda")
     with SyncGuard():
         trainer.stepper.step(x)  # capturable Adam included
+
+
+def first_step_change(trainer, x):
+    """Largest parameter change of one step (Adam's first step moves each weight by ~lr)."""
+    before = [p.detach().clone() for p in trainer.vae.parameters()]
+    trainer.stepper.step(x)
+    return max(float((p.detach() - b).abs().max())
+               for p, b in zip(trainer.vae.parameters(), before))
+
+
+@pytest.mark.parametrize("stepper", ["fast", "svi"])
+def test_set_lr_sets_the_step_size(tiny_images, stepper):
+    grey, _ = tiny_images
+    pyro.set_rng_seed(0)
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3, stepper=stepper,
+                      compile="none")
+    trainer.set_lr(0.02)
+    # Adam's first update is lr * m / (sqrt(v) + eps) = lr * sign(g) for every nonzero g
+    assert first_step_change(trainer, grey[:8]) == pytest.approx(0.02, rel=1e-3)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        trainer.set_lr(0.0)
+
+
+def test_adam_options_reach_the_optimiser_and_are_checked():
+    vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
+    group = Trainer(vae, adam_betas=(0.5, 0.9), adam_eps=1e-4).stepper.optimizer.param_groups[0]
+    assert group["betas"] == (0.5, 0.9) and group["eps"] == 1e-4
+    with pytest.raises(ValueError, match="adam_betas must be two numbers in"):
+        Trainer(vae, adam_betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="adam_eps must be a finite number > 0"):
+        Trainer(vae, adam_eps=-1.0)
+
+
+def test_the_learning_rate_survives_a_checkpoint(tiny_images):
+    grey, _ = tiny_images
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3)
+    trainer.set_lr(3e-4)
+    trainer.fit(grey, 1, 8, progress=False)
+    restored = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3)
+    restored.load_state_dict(trainer.state_dict())
+    assert float(restored.stepper.optimizer.param_groups[0]["lr"]) == pytest.approx(3e-4)
+
+
+@cuda
+def test_set_lr_reaches_a_captured_graph():
+    trainer = train_on_cuda("graph", epochs=1)  # captured during the epoch
+    assert trainer.stepper.graph is not None
+    x = torch.rand(64, 1, 8, 8, device="cuda").bernoulli()
+    trainer.set_lr(1e-6)
+    small = first_step_change(trainer, x)
+    trainer.set_lr(1e-2)
+    large = first_step_change(trainer, x)
+    # later Adam steps are not exactly lr-sized, but their size scales with lr
+    assert small < 1e-5 and large > 1e-3, (small, large)
+    restored = train_on_cuda("none", epochs=1)
+    restored.load_state_dict(trainer.state_dict())
+    assert isinstance(restored.stepper.optimizer.param_groups[0]["lr"], torch.Tensor)
