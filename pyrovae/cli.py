@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pyrovae.config import CONFIG_FIELDS, TrainConfig
+from pyrovae.distributed import RankFailure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -255,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RankFailure as error:
+        print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as interrupt:
         detail = f": {interrupt}" if str(interrupt) else " (the last checkpoint is intact)"
         print(f"pyrovae {args.command}: interrupted{detail}", file=sys.stderr)

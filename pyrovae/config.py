@@ -80,6 +80,8 @@ class TrainConfig:
     clip_norm: float | None = _f(None, "clip each parameter's gradient to this L2 norm")
     seed: int = _f(0, "random seed (torch, NumPy, Python)")
     device: str = _f("auto", "auto (CUDA when available), cpu or cuda[:N]")
+    dist_timeout: float = _f(600.0, "under torchrun: seconds a rank waits for the others in "
+                             "a collective before it fails (a dead rank stops the rest)")
     plugin: list[str] = _f([], "modules (names or .py paths) to import first: they register "
                            "their own priors, likelihoods, guides (see pyrovae.plugins)")
 
@@ -101,7 +103,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer; got {self.seed!r}")
-        for name in ("sigma", "lr") + (("clip_norm",) if self.clip_norm is not None else ()):
+        for name in ("sigma", "lr", "dist_timeout") + \
+                (("clip_norm",) if self.clip_norm is not None else ()):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0; got {value!r}")

@@ -25,13 +25,14 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pyro
 import torch
 
 import pyrovae
-from pyrovae import plots
+from pyrovae import distributed, plots
 from pyrovae.config import TrainConfig
 from pyrovae.data import Dataset, binarize, check_batch_size, load_dataset
 from pyrovae.guides import build_guide
@@ -120,49 +121,78 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     A first SIGINT (Ctrl-C) finishes the current epoch, writes its checkpoint and raises
     :class:`RunInterrupted`; a second one interrupts at once (the last checkpoint stays).
     """
-    run_dir, config = _check_run_dir(config, out, resume, force)
-    device = resolve_device(config.device)
+    ctx = distributed.from_environment()
+    if ctx.enabled and out is None:
+        raise ValueError(f"pass --out when training on {ctx.world_size} ranks: every rank "
+                         "must name the same run folder")
+    run_dir, config = _check_run_dir(config, out, resume, force)  # every rank; reads only
+    device = distributed.device_for(ctx, resolve_device(config.device))
+    ctx = replace(ctx, seed=config.seed)
+    distributed.init(ctx, device, config.dist_timeout)
+    try:
+        distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
+        return _train(config, run_dir, resume, force, progress, ctx, device)
+    except RuntimeError as error:
+        if ctx.enabled and not isinstance(error, NonFiniteLossError):
+            raise distributed.RankFailure(ctx, config.dist_timeout, error) from error
+        raise
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progress,
+           ctx: distributed.Distributed, device: torch.device) -> Path:
+    """:func:`train_run` once the folder is checked and the process group (if any) joined;
+    rank 0 alone writes."""
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, config.download)
     vae = build_vae(config, data.image_shape)
     data = prepare_data(config, vae, data, device)
     check_batch_size(config.batch_size, len(data.train_x))
+    batch_size = distributed.local_batch_size(config.batch_size, ctx)
+    train_x = distributed.shard(data.train_x, ctx, equal=True)
+    test_x = distributed.shard(data.test_x, ctx, equal=False)
     vae.to(device)
     trainer = Trainer(vae, config.build_estimator(), lr=config.lr, clip_norm=config.clip_norm,
                       stepper=config.stepper, compile=config.compile, on_nan=config.on_nan,
-                      beta=config.beta, kl_warmup=config.kl_warmup)
+                      beta=config.beta, kl_warmup=config.kl_warmup, distributed=ctx)
     checkpoint = run_dir / "checkpoint.pt"
     if resume:
         trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
-    elif force:
-        _clear_run_files(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for torn in run_dir.glob(".*.tmp"):  # left by a run killed in the middle of a write
-        torn.unlink()
-    write_json(run_dir / "config.json", config.to_dict())
-    write_json(run_dir / "environment.json", environment(device))
-    _write_metrics(run_dir, trainer.history)
+    if ctx.is_main:
+        if force and not resume:
+            _clear_run_files(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for torn in run_dir.glob(".*.tmp"):  # left by a run killed in the middle of a write
+            torn.unlink()
+        write_json(run_dir / "config.json", config.to_dict())
+        write_json(run_dir / "environment.json", environment(device, ctx.world_size))
+        _write_metrics(run_dir, trainer.history)
 
     def on_epoch_end(trainer: Trainer, metrics: dict) -> None:
+        if not ctx.is_main:
+            return
         save_checkpoint(checkpoint, trainer, config)
         with open(run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
 
     try:
         with _stop_on_sigint(trainer):
-            trainer.fit(data.train_x, config.epochs, config.batch_size, test_x=data.test_x,
+            trainer.fit(train_x, config.epochs, batch_size, test_x=test_x,
                         dynamic_binarize=config.binarize == "dynamic",
                         on_epoch_end=on_epoch_end, progress=progress)
     except NonFiniteLossError as error:
         event = {"event": "non_finite", "epoch": error.epoch, "step": error.step,
                  "bad_steps": error.bad_steps, "steps": error.steps, "action": "stopped"}
-        with open(run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(event) + "\n")
+        if ctx.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(event) + "\n")
         raise
     if trainer.epoch < config.epochs:
         raise RunInterrupted(run_dir, trainer.epoch)
-    write_figures(vae, data, trainer.history, run_dir / "figures", seed=config.seed)
+    if ctx.is_main:
+        write_figures(vae, data, trainer.history, run_dir / "figures", seed=config.seed)
     return run_dir
 
 
@@ -177,6 +207,7 @@ def _check_run_dir(config: TrainConfig, out, resume: bool, force: bool
                              "a new run without --resume")
         saved = TrainConfig.load(run_dir / "config.json")
         saved.epochs, saved.device = config.epochs, config.device
+        saved.dist_timeout = config.dist_timeout
         return run_dir, saved.validate()
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a folder")
@@ -214,8 +245,8 @@ def _stop_on_sigint(trainer: Trainer):
         signal.signal(signal.SIGINT, previous)
 
 
-def environment(device: torch.device) -> dict:
-    """Versions and device of a run, for the record."""
+def environment(device: torch.device, world_size: int = 1) -> dict:
+    """Versions and device of a run, for the record (``world_size``: ranks training)."""
     return {
         "pyrovae": pyrovae.__version__, "pyro": pyro.__version__, "torch": torch.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -223,6 +254,7 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        "world_size": world_size,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -275,7 +307,8 @@ def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
         raise ValueError(f"checkpoint {path} has format version {state.get('version')!r}; "
                          f"this pyrovae reads version {CHECKPOINT_VERSION}")
     if config is not None:
-        saved = dict(state["config"], epochs=config.epochs, device=config.device)
+        saved = dict(state["config"], epochs=config.epochs, device=config.device,
+                     dist_timeout=config.dist_timeout)
         current = config.to_dict()
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))

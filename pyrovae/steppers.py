@@ -38,6 +38,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from pyrovae.distributed import SINGLE, Distributed, all_reduce, ddp_loss
 from pyrovae.estimators import Estimator
 from pyrovae.model import VAE
 
@@ -109,6 +110,9 @@ class FastStepper:
             undo their updates on the device).
         warmup: eager steps before a CUDA graph is captured (graph mode only).
         betas, eps: Adam's moment decay rates and denominator constant.
+        distributed: this process's rank; with several, the loss goes through
+            ``DistributedDataParallel`` and is scaled by the number of ranks (see
+            :mod:`pyrovae.distributed`), and :meth:`take_epoch` sums the loss over ranks.
 
     On CUDA the learning rate is a device tensor, so :meth:`set_lr` changes it in place and
     a captured graph replays with the new value.
@@ -116,8 +120,10 @@ class FastStepper:
 
     def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
                  on_nan: str = "stop", warmup: int = 3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 distributed: Distributed = SINGLE):
         self.vae, self.estimator, self.clip_norm = vae, estimator, clip_norm
+        self.distributed = distributed
         self.on_nan = on_nan
         self.params = list(vae.parameters())
         self.device = self.params[0].device
@@ -136,11 +142,16 @@ class FastStepper:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x: torch.Tensor | None = None
         self._eager_steps = 0
+        if distributed.enabled:
+            self._loss = ddp_loss(vae, estimator, self.device)
+        else:
+            self._loss = lambda x: estimator.differentiable_loss(vae.model, vae.guide, x)
 
     def _eager_step(self, x: torch.Tensor) -> None:
         with pyro.validation_enabled(False):  # validation reads values on the host
-            loss = self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
-        loss.backward()
+            loss = self._loss(x)
+        # DDP averages gradients over the W ranks: W * loss makes the sum (module docstring)
+        (loss * self.distributed.world_size if self.distributed.enabled else loss).backward()
         if self.clip_norm is not None:
             clip_per_parameter(self.params, self.clip_norm)
         finite = all_finite(loss, self.params)
@@ -203,9 +214,12 @@ class FastStepper:
         graph.replay()  # capture records kernels without running them
 
     def take_epoch(self) -> EpochStats:
-        """Read (one transfer) and reset the loss sum and the step counters."""
-        loss, steps, bad, first = torch.cat([self.loss_sum.double().reshape(1),
-                                             self.counters.double()]).tolist()
+        """Read (one transfer) and reset the loss sum and the step counters; with several
+        ranks, the loss summed over them and the bad-step counts of the worst rank."""
+        totals = torch.cat([self.loss_sum.double().reshape(1), self.counters.double()])
+        all_reduce(totals[:1], self.distributed, "sum")
+        all_reduce(totals[2:], self.distributed, "max")
+        loss, steps, bad, first = totals.tolist()
         self.loss_sum.zero_()
         self.counters.copy_(torch.tensor([0, 0, -1]))
         return EpochStats(loss, int(steps), int(bad), int(first))

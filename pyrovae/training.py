@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.data import DeviceBatches, check_images
+from pyrovae.distributed import SINGLE, Distributed, all_reduce, rank_seed
 from pyrovae.estimators import Estimator, build_estimator
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
@@ -84,6 +85,11 @@ class Trainer:
         adam_betas, adam_eps: Adam's moment decay rates (each in [0, 1)) and denominator
             constant (> 0); Burda et al. (2015) train with eps 1e-4.
 
+        distributed: this process's rank (:mod:`pyrovae.distributed`); with several ranks
+            (``fast`` stepper only), ``fit`` and ``evaluate`` take this rank's shard of the
+            data and report metrics over all ranks, and each epoch reseeds the RNG from
+            (seed, epoch, rank).
+
     :meth:`set_lr` changes the learning rate between epochs (schedules), also inside a
     captured CUDA graph.
 
@@ -99,7 +105,7 @@ class Trainer:
                  clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
                  kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 adam_eps: float = 1e-8):
+                 adam_eps: float = 1e-8, distributed: Distributed = SINGLE):
         check_lr(lr)
         if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
@@ -115,10 +121,12 @@ class Trainer:
                              f"got {compile!r}")
         if compile == "graph" and stepper != "fast":
             raise ValueError(f"compile='graph' needs stepper='fast', got {stepper!r}")
+        if distributed.enabled and stepper != "fast":
+            raise ValueError(f"stepper {stepper!r} cannot train on several ranks; use 'fast'")
         if on_nan not in NAN_ACTIONS:
             raise ValueError(
                 f"on_nan must be one of {', '.join(NAN_ACTIONS)}; got {on_nan!r}")
-        self.compile, self.on_nan = compile, on_nan
+        self.compile, self.on_nan, self.distributed = compile, on_nan, distributed
         pyro.clear_param_store()
         self.vae = vae
         self.estimator = build_estimator(estimator, particles) if isinstance(estimator, str) \
@@ -126,10 +134,11 @@ class Trainer:
         self.beta, self.kl_warmup = check_kl_weight(beta, kl_warmup, self.estimator)
         if self.beta != 1.0 or self.kl_warmup:  # before the stepper: SVI wraps the handlers
             self.estimator.set_kl_weight(self.beta_at(1), next(vae.parameters()).device)
+        options = {"distributed": distributed} if distributed.enabled else {}
         step_class = FastStepper if stepper == "fast" else SVIStepper
         self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan,
                                   betas=tuple(float(b) for b in adam_betas),
-                                  eps=float(adam_eps))
+                                  eps=float(adam_eps), **options)
         self.epoch = 0
         self.history: list[dict] = []
         self.stop_requested = False  # set (e.g. by a signal handler) to stop after an epoch
@@ -147,9 +156,10 @@ class Trainer:
         """Train until ``self.epoch == epochs`` (so a restored trainer continues where it was).
 
         Args:
-            train_x: ``(N, *data_shape)`` on the model's device.
+            train_x: ``(N, *data_shape)`` on the model's device (this rank's shard).
             epochs: total number of epochs to reach.
-            batch_size: mini-batch size; the last partial batch of each epoch is dropped.
+            batch_size: mini-batch size (of this rank); the last partial batch of each epoch
+                is dropped.
             test_x: optional held-out data; its ELBO is measured after each epoch.
             dynamic_binarize: resample binary data from the grey levels in every batch.
             on_epoch_end: called with ``(trainer, metrics)`` after each epoch (checkpoints).
@@ -173,13 +183,17 @@ class Trainer:
             self.check_data(test_x, "test_x")
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
         self._choose_graph(train_x[:batch_size])
-        show = sys.stderr.isatty() if progress is None else progress
+        show = (sys.stderr.isatty() if progress is None else progress) \
+            and self.distributed.is_main
         bar = tqdm(total=epochs, initial=self.epoch, disable=not show, unit="epoch",
                    desc="training")
         while self.epoch < epochs:
             beta = self.beta_at(self.epoch + 1)
             if self.estimator.kl_weight is not None:
                 self.estimator.set_kl_weight(beta)  # in place: a captured graph sees it
+            ctx = self.distributed
+            if ctx.enabled:  # own draws and order per rank, resumable by epoch
+                pyro.set_rng_seed(rank_seed(ctx.seed, self.epoch + 1, ctx.rank))
             start = time.perf_counter()
             for x in batches:
                 self.stepper.step(x)
@@ -189,7 +203,8 @@ class Trainer:
                 raise NonFiniteLossError(self.epoch + 1, stats.first_bad_step, stats.bad_steps,
                                          stats.steps)
             good = stats.steps - stats.bad_steps
-            train_elbo = -stats.loss_sum / (good * batch_size) if good else math.nan
+            data_per_step = batch_size * self.distributed.world_size
+            train_elbo = -stats.loss_sum / (good * data_per_step) if good else math.nan
             self.epoch += 1
             metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds,
                        "beta": beta}
@@ -205,6 +220,9 @@ class Trainer:
             logger.info("epoch %d: %s", self.epoch, metrics)
             if on_epoch_end is not None:
                 on_epoch_end(self, metrics)
+            if self.distributed.enabled:  # every rank stops after the same epoch
+                flag = torch.tensor([float(self.stop_requested)], device=train_x.device)
+                self.stop_requested = bool(all_reduce(flag, self.distributed, "max").item())
             if self.stop_requested:
                 logger.warning("stopping after epoch %d, as asked", self.epoch)
                 break
@@ -238,7 +256,11 @@ class Trainer:
         if not isinstance(self.stepper, FastStepper):
             logger.info("eager training: the svi stepper is never captured")
             return
-        ok, reason = graph_capturable(self.vae, self.estimator, x, self.stepper.device)
+        if self.distributed.enabled:
+            ok, reason = False, ("DDP training: the step is not captured (DDP's gradient "
+                                 "all-reduce runs outside the graph here)")
+        else:
+            ok, reason = graph_capturable(self.vae, self.estimator, x, self.stepper.device)
         if not ok and self.compile == "graph":
             raise ValueError(f"compile='graph' is not possible here: {reason}")
         self.stepper.use_graph = ok
@@ -252,9 +274,15 @@ class Trainer:
 
     def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> float:
         """The estimator's unweighted bound (beta = 1) of ``x``, nats per datum, drawn from a
-        forked RNG (training is unaffected)."""
+        forked RNG (training is unaffected); with several ranks, ``x`` is this rank's shard
+        and the result the mean over all ranks' data."""
         with torch.random.fork_rng(devices=_cuda_devices(x)):
-            return evaluate_elbo(self.vae, x, batch_size, self.estimator)
+            mean = evaluate_elbo(self.vae, x, batch_size, self.estimator)
+        if not self.distributed.enabled:
+            return mean
+        total = torch.tensor([mean * len(x), len(x)], dtype=torch.float64, device=x.device)
+        elbo_sum, count = all_reduce(total, self.distributed, "sum").tolist()
+        return elbo_sum / count
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""

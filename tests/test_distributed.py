@@ -1,0 +1,161 @@
+"""Data-parallel training over torch.distributed (Gloo, two CPU processes on this machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyrovae import distributed
+from pyrovae.data import DeviceBatches
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_workers as workers  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(workers.__file__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int, **extra) -> dict:
+    return dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                PYTHONPATH=str(REPO), **extra)
+
+
+def run_ranks(scenario: str, out: Path, world: int = 2, timeout: float = 120, **extra):
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, str(WORKER), scenario, str(out)],
+                              env=rank_env(r, world, port, **extra), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(world)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], outputs
+
+
+def reference_run(world: int) -> tuple[list[torch.Tensor], list[float]]:
+    """One process doing what the ranks do together: per step, each virtual rank draws its
+    batch and noise from its own RNG stream; their gradients are summed; one Adam step."""
+    data, vae = workers.tiny_setup()
+    from pyrovae.estimators import build_estimator
+
+    estimator = build_estimator("trace")
+    params = list(vae.parameters())
+    optimizer = torch.optim.Adam(params, lr=workers.LR, fused=True)
+    ctxs = [distributed.Distributed(r, world, r, workers.SEED) for r in range(world)]
+    shards = [distributed.shard(data, ctx, equal=True) for ctx in ctxs]
+    batch = workers.GLOBAL_BATCH // world
+    losses = []
+    for epoch in range(1, workers.EPOCHS + 1):
+        states, iters = [], []
+        for ctx, shard in zip(ctxs, shards):
+            pyro.set_rng_seed(distributed.rank_seed(ctx.seed, epoch, ctx.rank))
+            states.append(torch.get_rng_state())
+            iters.append(iter(DeviceBatches(shard, batch)))
+        total = 0.0
+        for _ in range(len(shards[0]) // batch):
+            optimizer.zero_grad(set_to_none=True)
+            for r in range(world):
+                torch.set_rng_state(states[r])
+                x = next(iters[r])
+                with pyro.validation_enabled(False):
+                    loss = estimator.differentiable_loss(vae.model, vae.guide, x)
+                loss.backward()
+                total += float(loss.detach())
+                states[r] = torch.get_rng_state()
+            optimizer.step()
+        losses.append(-total / (len(shards[0]) // batch * workers.GLOBAL_BATCH))
+    return [p.detach() for p in params], losses
+
+
+def test_two_ranks_match_one_process_on_the_concatenated_batches(tmp_path):
+    codes, outputs = run_ranks("train", tmp_path)
+    assert codes == [0, 0], outputs
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)  # DDP + the same Adam step: bit-identical on both ranks
+    def metrics(rank):  # all but the wall time, which each rank measures itself
+        return [{k: v for k, v in m.items() if k != "seconds"} for m in rank["history"]]
+
+    assert metrics(ranks[0]) == metrics(ranks[1])  # reduced over the ranks
+    params, train_elbos = reference_run(world=2)
+    for got, want in zip(ranks[0]["params"], params):
+        # float sums in another order (all-reduce vs accumulate), through 8 Adam steps
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for got, want in zip(ranks[0]["history"], train_elbos):
+        assert got["train_elbo"] == pytest.approx(want, rel=1e-5)
+    # and training moved the parameters (the comparison is not between two initial states)
+    initial = workers.tiny_setup()[1]
+    assert all(not torch.allclose(p, q) for p, q in zip(initial.parameters(), params))
+
+
+def test_a_dead_rank_stops_the_others_with_an_error_not_a_hang(tmp_path):
+    codes, outputs = run_ranks("die", tmp_path, timeout=120, TIMEOUT="10")
+    assert codes == [0, 3], outputs  # rank 0 caught an error and recorded it
+    assert "closed by peer" in (tmp_path / "error_rank0.txt").read_text()
+
+
+def test_a_stalled_rank_makes_the_others_fail_after_the_timeout(tmp_path):
+    codes, outputs = run_ranks("stall", tmp_path, timeout=120, TIMEOUT="5")
+    assert codes == [0, 4], outputs
+    error = tmp_path / "error_rank0.txt"
+    assert "Timed out" in error.read_text(), outputs
+    # rank 0 gave up (after 5 s) while rank 1 still slept (20 s): the timeout, not the peer
+    assert error.stat().st_mtime < (tmp_path / "woke_rank1.txt").stat().st_mtime
+
+
+def test_sharding_and_batch_split():
+    x = torch.arange(10.0)
+    ctxs = [distributed.Distributed(r, 3, r) for r in range(3)]
+    shards = [distributed.shard(x, c, equal=True) for c in ctxs]
+    assert [s.tolist() for s in shards] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    assert [len(distributed.shard(x, c, equal=False)) for c in ctxs] == [4, 3, 3]
+    assert distributed.local_batch_size(12, ctxs[0]) == 4
+    with pytest.raises(ValueError, match="batch size 10 is not divisible by the 3 ranks"):
+        distributed.local_batch_size(10, ctxs[0])
+    seeds = {distributed.rank_seed(0, e, r) for e in range(1, 50) for r in range(8)}
+    assert len(seeds) == 49 * 8
+
+
+def test_environment_parsing():
+    assert distributed.from_environment({}) == distributed.SINGLE
+    ctx = distributed.from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert ctx.enabled and not ctx.is_main and ctx.world_size == 2
+    with pytest.raises(ValueError, match="RANK=2 is not in"):
+        distributed.from_environment({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="must be integers"):
+        distributed.from_environment({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_cli_under_torchrun_then_resume_in_one_process(tmp_path):
+    out = tmp_path / "run"
+    common = ["--dataset", "digits", "--z-dim", "2", "--hidden", "16", "--batch-size", "64",
+              "--device", "cpu", "--out", str(out), "--dist-timeout", "60"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc-per-node", "2", "-m", "pyrovae", "train", "--epochs", "2"]
+    done = subprocess.run(launch + common, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]  # one writer: no line twice
+    assert json.loads((out / "environment.json").read_text())["world_size"] == 2
+    assert (out / "figures" / "samples.png").is_file()
+    resumed = subprocess.run([sys.executable, "-m", "pyrovae", "train", "--epochs", "3",
+                              "--resume"] + common, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert json.loads((out / "environment.json").read_text())["world_size"] == 1
