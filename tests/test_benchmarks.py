@@ -86,3 +86,13 @@ def test_paper_schedule_is_the_papers():
     assert budget.lr(1, 0.0) == pytest.approx(1e-3)
     assert budget.lr(9, 300.0) == pytest.approx(10 ** -3.5)  # half-way: geometric mean
     assert budget.lr(99, 600.0) is None
+
+
+@pytest.mark.slow  # two torchrun launches
+def test_scaling_benchmark_rows(tmp_path):
+    scaling = load_script("scaling")
+    rows = scaling.main(["--procs", "1", "2", "--steps", "3", "--warmup", "1",
+                         "--batch-per-rank", "8", "--json", str(tmp_path / "rows.json")])
+    assert [r["procs"] for r in rows] == [1, 2]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["efficiency"] > 0
+    assert json.loads((tmp_path / "rows.json").read_text())[1]["batch_per_rank"] == 8

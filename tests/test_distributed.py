@@ -106,6 +106,7 @@ def test_a_dead_rank_stops_the_others_with_an_error_not_a_hang(tmp_path):
     assert "closed by peer" in (tmp_path / "error_rank0.txt").read_text()
 
 
+@pytest.mark.slow  # about 40 s: rank 1 sleeps 20 s
 def test_a_stalled_rank_makes_the_others_fail_after_the_timeout(tmp_path):
     codes, outputs = run_ranks("stall", tmp_path, timeout=120, TIMEOUT="5")
     assert codes == [0, 4], outputs
