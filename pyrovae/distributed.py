@@ -138,9 +138,10 @@ def local_batch_size(batch_size: int, ctx: Distributed) -> int:
 
 
 def all_reduce(tensor: torch.Tensor, ctx: Distributed, op: str = "sum") -> torch.Tensor:
-    """In place over ranks (``"sum"`` or ``"max"``); a no-op in a single process."""
+    """In place over ranks (``"sum"``, ``"max"`` or ``"min"``); a no-op in one process."""
     if ctx.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        dist.all_reduce(tensor, op=ops[op])
     return tensor
 
 

@@ -155,6 +155,8 @@ class FastStepper:
         if self.clip_norm is not None:
             clip_per_parameter(self.params, self.clip_norm)
         finite = all_finite(loss, self.params)
+        if self.distributed.enabled:  # one verdict for all ranks, or their updates diverge
+            finite = all_reduce(finite.float(), self.distributed, "min").bool()
         if self.on_nan == "skip":
             before = [t.detach().clone() for t in self._state_tensors()]
             self.optimizer.step()
