@@ -24,6 +24,7 @@ resumed run continues with the streams it would have had.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pyrovae.estimators import Estimator
+from pyrovae.evaluation import LogLikelihood
 from pyrovae.model import VAE
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -143,6 +145,27 @@ def all_reduce(tensor: torch.Tensor, ctx: Distributed, op: str = "sum") -> torch
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
         dist.all_reduce(tensor, op=ops[op])
     return tensor
+
+
+def reduce_mean(mean: float, count: int, ctx: Distributed, device: torch.device) -> float:
+    """The mean over all ranks' data of per-rank means over ``count`` data each."""
+    if not ctx.enabled:
+        return mean
+    total = torch.tensor([mean * count, count], dtype=torch.float64, device=device)
+    value_sum, n = all_reduce(total, ctx, "sum").tolist()
+    return value_sum / n
+
+
+def gather_log_likelihood(estimate: LogLikelihood, ctx: Distributed) -> LogLikelihood:
+    """Every rank's per-datum estimates joined (rank by rank), on every rank."""
+    if not ctx.enabled:
+        return estimate
+    fields = ("per_datum", "per_datum_mc_se", "per_datum_ess")
+    mine = {name: getattr(estimate, name).cpu() for name in fields}
+    parts: list[dict | None] = [None] * ctx.world_size
+    dist.all_gather_object(parts, mine)
+    return dataclasses.replace(estimate, **{name: torch.cat([p[name] for p in parts])
+                                            for name in fields})
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.data import DeviceBatches, check_images
-from pyrovae.distributed import SINGLE, Distributed, all_reduce, rank_seed
+from pyrovae.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
 from pyrovae.estimators import Estimator, build_estimator
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
@@ -278,11 +278,7 @@ class Trainer:
         and the result the mean over all ranks' data."""
         with torch.random.fork_rng(devices=_cuda_devices(x)):
             mean = evaluate_elbo(self.vae, x, batch_size, self.estimator)
-        if not self.distributed.enabled:
-            return mean
-        total = torch.tensor([mean * len(x), len(x)], dtype=torch.float64, device=x.device)
-        elbo_sum, count = all_reduce(total, self.distributed, "sum").tolist()
-        return elbo_sum / count
+        return reduce_mean(mean, len(x), self.distributed, x.device)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""
