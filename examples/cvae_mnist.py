@@ -15,9 +15,12 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from pyrovae import TrainConfig, train_run
 from pyrovae.conditioning import pack
 from pyrovae.cvae_runs import evaluate_cvae_run, load_cvae_data, load_cvae_run
+from pyrovae.runs import write_json
 
 
 def main(argv=None) -> dict:
@@ -26,7 +29,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dataset", default="mnist", help="mnist (or digits, for a smoke run)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--cvae-prior", default="fixed", help="fixed or learned")
-    parser.add_argument("--nll-samples", type=int, default=1000,
+    parser.add_argument("--nll-samples", type=int, default=500,
                         help="importance samples per test datum for the CVAE's NLL")
     parser.add_argument("--limit", type=int, default=None, help="first N test data only")
     parser.add_argument("--out", default="runs/cvae_quadrant")
@@ -42,11 +45,9 @@ def main(argv=None) -> dict:
     data = load_cvae_data(run)
     test_x = pack(*run.condition.split(data.test_x[:args.limit], data.test_y[:args.limit]))
     result = evaluate_cvae_run(run, test_x, nll_samples=args.nll_samples)
-    (Path(run_dir) / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(Path(run_dir) / "evaluation.json", result)
     history = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
     cvae_seconds = sum(m["seconds"] for m in history)
-    import torch
-
     baseline_seconds = torch.load(Path(run_dir) / "baseline.pt", weights_only=False)["seconds"]
     print(f"quadrant completion, {result['n_test']} test digits, -log P(Y|X) in nats "
           f"(Y: {result['modelled_values']} pixels)")

@@ -76,7 +76,12 @@ class CVAEJob:
         self.test_x = pack(*self.condition.split(self.data.test_x, self.data.test_y))
 
     def finish(self, history: list[dict], run_dir: Path) -> None:
-        """After training: fit and save the baseline, then write the figures."""
+        """After training: fit and save the baseline, then write the figures.
+
+        The regressor's initial weights come from the RNG state the CVAE's training left
+        (restored on resume, so a resumed run gets the same baseline); its batches and
+        binarisation draws from ``seed``.
+        """
         config = self.config
         regressor = build_regressor(config, self.condition).to(self.train_x.device)
         with torch.random.fork_rng(devices=_cuda(self.train_x)):

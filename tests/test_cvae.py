@@ -183,13 +183,14 @@ def test_short_training_raises_the_conditional_test_elbo(trained):
 
 
 def test_draws_differ_for_one_input(trained):
-    """The latent is used: Q(z|X, Y) departs from P(z|X) on test data (KL well above 0),
-    and the completions drawn for one input differ by more than decoder noise would make
-    them if z were ignored."""
+    """The latent is used: Q(z|X, Y) departs from P(z|X) on test data (a collapsed model
+    has KL 0), and the completions drawn for one input differ (a decoder that ignored z, or
+    the regressor, gives the same image for every draw: spread 0). Seed 0 gives a KL of
+    1.1 nats and spreads of at least 0.095 (mean 0.115) per pixel."""
     cvae, _, _, x, y, _, _ = trained
     with torch.no_grad():
         kl = closed_form_kl(cvae.posterior(x, y), cvae.prior(x))
-    assert kl.mean() > 0.3, kl.mean()  # nats per datum; 1.1 with seed 0
+    assert kl.mean() > 0.3, kl.mean()  # nats per datum
     draws = cvae.predict(x[:20], 50)  # (50, 20, 32) pixel probabilities
     spread = draws.std(0).mean(1)     # per input: mean over pixels of the sd across draws
     assert torch.all(spread > 0.02), spread

@@ -51,6 +51,9 @@ def test_cvae_resume_continues_exactly(tmp_path):
     models = [torch.load(run / "checkpoint.pt", weights_only=False)["trainer"]["model"]
               for run in (straight, split)]
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    baselines = [torch.load(run / "baseline.pt", weights_only=False)["model"]
+                 for run in (straight, split)]
+    assert all(torch.equal(baselines[0][k], baselines[1][k]) for k in baselines[0])
 
 
 def test_old_vae_checkpoint_without_model_fields_resumes(tmp_path):
