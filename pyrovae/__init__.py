@@ -9,7 +9,10 @@ __version__ = "0.1.0"
 
 from pyrovae.check_kl import check_kl, run_check_kl
 from pyrovae.compare import EstimatorSpec, compare_estimators, run_compare
+from pyrovae.conditioning import CONDITIONS, Condition, build_condition
 from pyrovae.config import TrainConfig
+from pyrovae.cvae import CVAE, CVAE_PRIORS, PackedCVAE, Regressor
+from pyrovae.cvae_runs import evaluate_cvae_run, load_cvae_run
 from pyrovae.data import DATASETS, Dataset, DeviceBatches, binarize, load_dataset
 from pyrovae.estimators import (
     ESTIMATORS,
@@ -67,4 +70,6 @@ __all__ = [
     "EstimatorAxes", "EstimatorSpec", "IWAE", "IWAEDReG", "ImportanceWeighted",
     "KLWeightMessenger", "LogLikelihood", "RenyiBound", "ScoreFunctionMessenger",
     "TraceGraphELBO", "compare_estimators", "log_likelihood", "renyi_bound", "run_compare",
+    "CONDITIONS", "CVAE", "CVAE_PRIORS", "Condition", "PackedCVAE", "Regressor",
+    "build_condition", "evaluate_cvae_run", "load_cvae_run",
 ]

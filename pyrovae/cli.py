@@ -66,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="draw samples from a trained model")
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    sample.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    sample.add_argument("-n", "--n", type=int, default=None, help="number of samples "
+                        "(default: 64); for a cvae run, draws per input (default: 6)")
+    sample.add_argument("--given", choices=("test", "train"), help="cvae runs: complete the "
+                        "first --rows inputs of this split; writes figures/completions.png "
+                        "(and by_label.png for the label task)")
+    sample.add_argument("--rows", type=int, default=8, help="cvae runs: inputs, one per row "
+                        "(default: 8)")
     sample.add_argument("--out", type=Path, help="PNG path (default: "
-                        "RUN_DIR/figures/samples.png)")
+                        "RUN_DIR/figures/samples.png); for a cvae run, a folder (default: "
+                        "RUN_DIR/figures)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
     evaluate = commands.add_parser("evaluate", help="test ELBO of a trained model; writes "
@@ -161,6 +168,11 @@ def _sample(args) -> int:
     from pyrovae.plots import plot_samples
     from pyrovae.runs import load_run
 
+    if _is_cvae_run(args.run_dir):
+        return _sample_cvae(args)
+    if args.given is not None:
+        raise ValueError(f"--given completes inputs of a cvae run; {args.run_dir} holds a vae")
+    args.n = 64 if args.n is None else args.n
     if args.n < 1:
         raise ValueError(f"-n must be >= 1, got {args.n}")
     vae, _config = load_run(args.run_dir)
@@ -179,6 +191,8 @@ def _evaluate(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if _is_cvae_run(args.run_dir):
+        return _evaluate_cvae(args)
     vae, config = load_run(args.run_dir, args.device)
     data = load_dataset(config.dataset, config.data_dir, download=False)
     data = prepare_data(config, vae, data, vae.device)
@@ -202,6 +216,50 @@ def _evaluate(args) -> int:
         from pyrovae.evaluation import nll_report
 
         result.update(nll_report(vae, data.test_x, args.nll_samples, args.chunk))
+    write_json(args.run_dir / "evaluation.json", result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _is_cvae_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a ``model="cvae"`` run (its config.json says so)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("model") == "cvae"
+    except (OSError, ValueError, AttributeError):
+        return False  # load_run reports what is wrong with the folder
+
+
+def _sample_cvae(args) -> int:
+    from pyrovae.cvae_runs import load_cvae_data, load_cvae_run, write_cvae_figures
+
+    draws = 6 if args.n is None else args.n
+    run = load_cvae_run(args.run_dir)
+    data = load_cvae_data(run)
+    images, labels = (data.test_x, data.test_y) if args.given in (None, "test") \
+        else (data.train_x, data.train_y)
+    folder = args.out or args.run_dir / "figures"
+    paths = write_cvae_figures(run, images, labels, folder, draws=draws, rows=args.rows,
+                               seed=args.seed)
+    print(f"wrote {draws} CVAE draws per input to {', '.join(map(str, paths))}")
+    return 0
+
+
+def _evaluate_cvae(args) -> int:
+    from pyrovae.conditioning import pack
+    from pyrovae.cvae_runs import evaluate_cvae_run, load_cvae_data, load_cvae_run
+    from pyrovae.runs import write_json
+
+    if args.nll_samples < 0 or args.chunk < 1:
+        raise ValueError(f"--nll-samples must be >= 0 and --chunk >= 1, got "
+                         f"{args.nll_samples} and {args.chunk}")
+    run = load_cvae_run(args.run_dir, args.device)
+    data = load_cvae_data(run)
+    if args.limit is not None and not 1 <= args.limit <= len(data.test_x):
+        raise ValueError(f"--limit must be in [1, {len(data.test_x)}] (the test set), got "
+                         f"{args.limit}")
+    test_x = pack(*run.condition.split(data.test_x[:args.limit], data.test_y[:args.limit]))
+    result = evaluate_cvae_run(run, test_x, args.batch_size, args.nll_samples, args.chunk,
+                               args.seed)
     write_json(args.run_dir / "evaluation.json", result)
     print(json.dumps(result, indent=2))
     return 0

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyrovae.conditioning import CONDITIONS
+from pyrovae.cvae import CVAE_PRIORS
 from pyrovae.data import BINARIZE_MODES, DATASETS
 from pyrovae.estimators import ESTIMATORS, Estimator, build_estimator
 from pyrovae.guides import GUIDES
@@ -23,6 +25,8 @@ from pyrovae.plugins import load_plugins
 from pyrovae.priors import PRIORS
 from pyrovae.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training import check_kl_weight
+
+MODELS = ("vae", "cvae")
 
 
 def _f(default, help: str, **extra):
@@ -84,6 +88,14 @@ class TrainConfig:
                              "a collective before it fails (a dead rank stops the rest)")
     plugin: list[str] = _f([], "modules (names or .py paths) to import first: they register "
                            "their own priors, likelihoods, guides (see pyrovae.plugins)")
+    model: str = _f("vae", "vae: P(X) with a latent; cvae: the conditional VAE P(Y|X) of "
+                    "--condition (with its deterministic baseline)", choices=lambda: list(MODELS))
+    condition: str | None = _f(None, "cvae task: quadrant (X one quadrant, Y the other "
+                               "three), half (X the left half), label (X the one-hot class, "
+                               "Y the image)", choices=CONDITIONS.names)
+    cvae_prior: str | None = _f(None, "cvae P(z|X): fixed (N(0, I), Doersch's; the default) "
+                                "or learned (a prior network N(m(X), diag s(X)^2))",
+                                choices=CVAE_PRIORS.names)
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed.
@@ -114,7 +126,29 @@ class TrainConfig:
         if not isinstance(self.score_function, bool):
             raise ValueError(f"score_function must be true or false; got {self.score_function!r}")
         check_kl_weight(self.beta, self.kl_warmup, self.build_estimator())
+        self._validate_model()
         return self
+
+    def _validate_model(self) -> None:
+        """``--model`` and the cvae options: each cvae option only with ``--model cvae``."""
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.model == "vae":
+            for name in ("condition", "cvae_prior"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} {getattr(self, name)!r} needs --model cvae")
+            return
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"model 'cvae' needs condition: one of "
+                             f"{', '.join(CONDITIONS.names())}; got {self.condition!r}")
+        if self.cvae_prior is not None and self.cvae_prior not in CVAE_PRIORS:
+            raise ValueError(f"cvae_prior must be one of {', '.join(CVAE_PRIORS.names())}; "
+                             f"got {self.cvae_prior!r}")
+        for name, default in (("prior", "standard_normal"), ("guide", "diagonal")):
+            if getattr(self, name) != default:
+                raise ValueError(f"{name} {getattr(self, name)!r} is a vae option; the cvae "
+                                 f"takes its prior from --cvae-prior and its guide is "
+                                 f"Q(z|X, Y) = N(mu, diag sigma^2)")
 
     def build_estimator(self) -> Estimator:
         """The estimator ``elbo`` with ``particles``, ``alpha`` and ``score_function``."""

@@ -112,3 +112,37 @@ def plot_latent(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: str | Pat
     right.set_title("decoded z on a grid of N(0, 1) quantiles")
     right.axis("off")
     return _save(fig, path)
+
+
+def plot_image_table(columns: Sequence[tuple[str, torch.Tensor]], path: str | Path,
+                     title: str, row_labels: Sequence[str] | None = None) -> Path:
+    """A table of images: one row per input, one titled column (or group) per entry.
+
+    Args:
+        columns: ``(heading, images)`` pairs; ``images`` is ``(R, C, H, W)`` (one column) or
+            ``(k, R, C, H, W)`` (k columns under one heading), values in [0, 1].
+        path: the PNG to write.
+        title: the figure's title.
+        row_labels: optional text left of each of the R rows.
+    """
+    groups = [(heading, images if images.dim() == 5 else images[None])
+              for heading, images in columns]
+    rows = groups[0][1].shape[1]
+    cells = torch.cat([images.transpose(0, 1) for _, images in groups], 1)  # (R, cols, ...)
+    cols = cells.shape[1]
+    h, w = cells.shape[-2:]
+    grid = image_grid(cells.reshape(rows * cols, *cells.shape[2:]), rows=rows)
+    fig, ax = plt.subplots(figsize=(0.6 * cols + 1, 0.6 * rows + 0.8))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    start = 0
+    for heading, images in groups:  # a heading centred over its columns
+        k = images.shape[0]
+        ax.text((start + k / 2) * (w + 1) - 1, -1.5, heading, ha="center", va="bottom",
+                fontsize=8)
+        start += k
+    if row_labels is not None:
+        for r, label in enumerate(row_labels):
+            ax.text(-1.5, r * (h + 1) + h / 2, label, ha="right", va="center", fontsize=8)
+    ax.set_title(title, pad=14, fontsize=9)
+    ax.axis("off")
+    return _save(fig, path)

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "pyrovae-checkpoint"
 CHECKPOINT_VERSION = 1
 RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "checkpoint.pt",
-             "evaluation.json")
+             "evaluation.json", "baseline.pt")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -146,12 +146,17 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
     rank 0 alone writes."""
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, config.download)
-    vae = build_vae(config, data.image_shape)
-    data = prepare_data(config, vae, data, device)
-    check_batch_size(config.batch_size, len(data.train_x))
+    if config.model == "cvae":  # the conditional VAE: its own data, baseline and figures
+        from pyrovae.cvae_runs import CVAEJob
+
+        job = CVAEJob(config, data, device)
+    else:
+        job = VAEJob(config, data, device)
+    vae = job.module
+    check_batch_size(config.batch_size, len(job.train_x))
     batch_size = distributed.local_batch_size(config.batch_size, ctx)
-    train_x = distributed.shard(data.train_x, ctx, equal=True)
-    test_x = distributed.shard(data.test_x, ctx, equal=False)
+    train_x = distributed.shard(job.train_x, ctx, equal=True)
+    test_x = distributed.shard(job.test_x, ctx, equal=False)
     vae.to(device)
     trainer = Trainer(vae, config.build_estimator(), lr=config.lr, clip_norm=config.clip_norm,
                       stepper=config.stepper, compile=config.compile, on_nan=config.on_nan,
@@ -191,9 +196,25 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
         raise
     if trainer.epoch < config.epochs:
         raise RunInterrupted(run_dir, trainer.epoch)
-    if ctx.is_main:
-        write_figures(vae, data, trainer.history, run_dir / "figures", seed=config.seed)
+    if ctx.is_main:  # figures (and, for a CVAE, the baseline) from the full data
+        job.finish(trainer.history, run_dir)
     return run_dir
+
+
+class VAEJob:
+    """What :func:`train_run` trains for a ``model="vae"`` config: the VAE (``module``) and
+    its prepared data (``train_x``, ``test_x`` on ``device``); ``finish`` draws the figures.
+    (``model="cvae"``: :class:`pyrovae.cvae_runs.CVAEJob`.)"""
+
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device):
+        self.config = config
+        self.module = build_vae(config, data.image_shape)
+        self.data = prepare_data(config, self.module, data, device)
+        self.train_x, self.test_x = self.data.train_x, self.data.test_x
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        write_figures(self.module, self.data, history, run_dir / "figures",
+                      seed=self.config.seed)
 
 
 def _check_run_dir(config: TrainConfig, out, resume: bool, force: bool
@@ -307,8 +328,9 @@ def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
         raise ValueError(f"checkpoint {path} has format version {state.get('version')!r}; "
                          f"this pyrovae reads version {CHECKPOINT_VERSION}")
     if config is not None:
-        saved = dict(state["config"], epochs=config.epochs, device=config.device,
-                     dist_timeout=config.dist_timeout)
+        # fields added since the checkpoint was written take their defaults
+        saved = {**TrainConfig().to_dict(), **state["config"], "epochs": config.epochs,
+                 "device": config.device, "dist_timeout": config.dist_timeout}
         current = config.to_dict()
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
@@ -327,6 +349,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, TrainConfig
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a pyrovae run folder (no config.json)")
     config = TrainConfig.load(run_dir / "config.json")
+    if config.model != "vae":
+        raise ValueError(f"{run_dir} holds a {config.model!r} run; load it with "
+                         "pyrovae.cvae_runs.load_cvae_run")
     checkpoint = run_dir / "checkpoint.pt"
     if not checkpoint.is_file():
         raise ValueError(f"run folder {run_dir} has no checkpoint.pt (did training start?)")

@@ -28,6 +28,8 @@ EXAMPLES = {
                               "--nll-samples", "20", "--snr-particles", "1", "3",
                               "--snr-repeats", "5", "--hidden", "16", "--z-dim", "2",
                               "--out", "{tmp}/ce.png"],
+    "cvae_mnist.py": ["--dataset", "digits", "--epochs", "1", "--nll-samples", "10",
+                      "--out", "{tmp}/cvae"],
 }
 NEEDS_MNIST = {"mnist_vae.py"}
 

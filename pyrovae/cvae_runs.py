@@ -1,0 +1,233 @@
+"""Conditional-VAE run folders: the data, the baseline, the figures, loading and evaluation.
+
+:func:`pyrovae.runs.train_run` trains a ``model="cvae"`` config through :class:`CVAEJob`
+(checkpoints, resume and metrics are the VAE's), which adds to the run folder::
+
+    baseline.pt              the deterministic Regressor, trained after the CVAE on the
+                             same data, batches and likelihood (its state, its per-epoch
+                             training NLL, its training seconds)
+    figures/completions.png  per test input: X, the truth, the baseline's mean, CVAE draws
+    figures/by_label.png     (condition ``label``) CVAE draws for each class
+
+``pyrovae evaluate`` on such a folder (:func:`evaluate_cvae_run`) writes the conditional test
+ELBO, the conditional NLL -log P(Y|X) of the CVAE (importance-sampled from Q(z|X, Y), the
+IWAE-k bound of :func:`pyrovae.evaluation.log_likelihood`) and the baseline's exact one,
+with standard errors and their paired difference, into ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyrovae import plots
+from pyrovae.conditioning import Condition, build_condition, pack
+from pyrovae.config import TrainConfig
+from pyrovae.cvae import CVAE, PackedCVAE, Regressor, fit_regressor, regressor_nll
+from pyrovae.data import Dataset, load_dataset
+from pyrovae.evaluation import evaluate_elbo, log_likelihood
+from pyrovae.likelihoods import build_likelihood
+from pyrovae.runs import atomic_write, load_checkpoint, prepare_data
+from pyrovae.training import resolve_device
+
+BASELINE_FILE = "baseline.pt"
+ROWS = 8    # test inputs in completions.png
+DRAWS = 6   # CVAE draws per input in the run's figures
+
+
+def build_cvae(config: TrainConfig, condition: Condition) -> CVAE:
+    """The CVAE a ``model="cvae"`` config describes, for ``condition``, on the CPU."""
+    return CVAE(condition.x_dim, condition.y_dim, z_dim=config.z_dim, hidden=config.hidden,
+                activation=config.activation,
+                likelihood=build_likelihood(config.likelihood, sigma=config.sigma),
+                prior=config.cvae_prior or "fixed")
+
+
+def build_regressor(config: TrainConfig, condition: Condition) -> Regressor:
+    """The baseline of a ``model="cvae"`` config: the CVAE decoder's widths on X alone."""
+    return Regressor(condition.x_dim, condition.y_dim, hidden=config.hidden,
+                     activation=config.activation,
+                     likelihood=build_likelihood(config.likelihood, sigma=config.sigma))
+
+
+class CVAEJob:
+    """What :func:`pyrovae.runs.train_run` trains for a ``model="cvae"`` config.
+
+    Attributes:
+        module: the :class:`~pyrovae.cvae.PackedCVAE` the trainer steps.
+        train_x, test_x: packed ``(N, 1, 1, x_dim + y_dim)`` data on ``device``, binarised
+            as the config asks (static test set; dynamic draws happen per batch).
+        data: the prepared images and labels on ``device`` (for the figures).
+    """
+
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device):
+        self.config = config
+        self.condition = build_condition(config.condition, data.image_shape)
+        self.cvae = build_cvae(config, self.condition)
+        self.module = PackedCVAE(self.cvae)
+        self.data = prepare_data(config, self.module, data, device)
+        self.train_x = pack(*self.condition.split(self.data.train_x, self.data.train_y))
+        self.test_x = pack(*self.condition.split(self.data.test_x, self.data.test_y))
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        """After training: fit and save the baseline, then write the figures.
+
+        The regressor's initial weights come from the RNG state the CVAE's training left
+        (restored on resume, so a resumed run gets the same baseline); its batches and
+        binarisation draws from ``seed``.
+        """
+        config = self.config
+        regressor = build_regressor(config, self.condition).to(self.train_x.device)
+        with torch.random.fork_rng(devices=_cuda(self.train_x)):
+            torch.manual_seed(config.seed)
+            start = time.perf_counter()
+            losses = fit_regressor(regressor, self.train_x, config.epochs, config.batch_size,
+                                   config.lr, dynamic_binarize=config.binarize == "dynamic")
+            seconds = time.perf_counter() - start
+        state = {"model": regressor.state_dict(), "image_shape": list(self.condition.image_shape),
+                 "train_nll": losses, "seconds": seconds}
+        atomic_write(run_dir / BASELINE_FILE, lambda f: torch.save(state, f))
+        run = CVAERun(self.cvae.eval(), regressor.eval(), self.condition, config)
+        write_cvae_figures(run, self.data.test_x, self.data.test_y, run_dir / "figures",
+                           seed=config.seed)
+        plots.plot_curves(history, run_dir / "figures" / "curves.png")
+
+
+@dataclass
+class CVAERun:
+    """A trained CVAE run: the CVAE, its baseline, the task, the config."""
+
+    cvae: CVAE
+    regressor: Regressor
+    condition: Condition
+    config: TrainConfig
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.cvae.parameters()).device
+
+
+def load_cvae_run(run_dir: str | Path, device: str = "cpu") -> CVAERun:
+    """The trained CVAE (last checkpoint) and baseline of a ``model="cvae"`` run folder."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir / "config.json")
+    if config.model != "cvae":
+        raise ValueError(f"{run_dir} holds a {config.model!r} run, not a cvae run")
+    if not (run_dir / BASELINE_FILE).is_file():
+        raise ValueError(f"cvae run {run_dir} has no {BASELINE_FILE}: training did not finish "
+                         f"(continue it with pyrovae train --resume --out {run_dir})")
+    baseline = torch.load(run_dir / BASELINE_FILE, map_location="cpu", weights_only=False)
+    condition = build_condition(config.condition, baseline["image_shape"])
+    cvae = build_cvae(config, condition)
+    PackedCVAE(cvae).load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")
+                                     ["trainer"]["model"])
+    regressor = build_regressor(config, condition)
+    regressor.load_state_dict(baseline["model"])
+    target = resolve_device(device)
+    return CVAERun(cvae.to(target).eval(), regressor.to(target).eval(), condition, config)
+
+
+def load_cvae_data(run: CVAERun) -> Dataset:
+    """The run's data set, binarised as in training, on the run's device."""
+    data = load_dataset(run.config.dataset, run.config.data_dir, download=False)
+    return prepare_data(run.config, PackedCVAE(run.cvae), data, run.device)
+
+
+@torch.no_grad()
+def write_cvae_figures(run: CVAERun, images: torch.Tensor, labels: torch.Tensor,
+                       folder: Path, draws: int = DRAWS, rows: int = ROWS,
+                       seed: int = 0) -> list[Path]:
+    """``completions.png`` for the first ``rows`` of ``images``/``labels`` with ``draws``
+    CVAE draws each, and ``by_label.png`` (``draws`` per class) for the ``label`` task."""
+    for name, value in (("draws", draws), ("rows", rows)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    with torch.random.fork_rng(devices=_cuda(images)):
+        torch.manual_seed(seed)
+        paths = [plot_completions(run, images[:rows], labels[:rows], draws,
+                                  folder / "completions.png")]
+        if run.condition.name == "label":
+            classes = torch.arange(run.condition.classes, device=images.device)
+            paths.append(plot_by_label(run, classes, draws, folder / "by_label.png"))
+    return paths
+
+
+def plot_completions(run: CVAERun, images: torch.Tensor, labels: torch.Tensor, draws: int,
+                     path: Path) -> Path:
+    """One row per input: X, the truth, the baseline's mean, ``draws`` CVAE draws (decoder
+    means at z ~ P(z|X)), each pasted into the observed pixels unchanged."""
+    condition = run.condition
+    x, _ = condition.split(images, labels)
+    baseline = condition.complete(images, run.regressor.predict(x))
+    samples = condition.complete(images, run.cvae.predict(x, draws))
+    columns = [("X (given)", condition.show_input(images)), ("truth", images),
+               ("baseline", baseline), (f"CVAE: {draws} draws of z ~ P(z|X)", samples)]
+    row_labels = [str(int(k)) for k in labels] if condition.name == "label" else None
+    return plots.plot_image_table(columns, path, f"{condition.name} task: the regressor's "
+                                  "mean vs the CVAE's draws", row_labels)
+
+
+def plot_by_label(run: CVAERun, classes: torch.Tensor, draws: int, path: Path) -> Path:
+    """One row per class: the baseline's mean image, then ``draws`` CVAE draws."""
+    condition = run.condition
+    blank = torch.zeros(len(classes), *condition.image_shape, device=classes.device)
+    x, _ = condition.split(blank, classes)
+    columns = [("baseline", condition.complete(blank, run.regressor.predict(x))),
+               (f"CVAE: {draws} draws per class", condition.complete(blank,
+                                                                      run.cvae.predict(x, draws)))]
+    return plots.plot_image_table(columns, path, "class-conditional generation",
+                                  [str(int(k)) for k in classes])
+
+
+def evaluate_cvae_run(run: CVAERun, test_x: torch.Tensor, batch_size: int = 1000,
+                      nll_samples: int = 0, chunk: int = 500, seed: int = 0) -> dict:
+    """The conditional test ELBO of packed ``test_x`` and, with ``nll_samples`` = k > 0, the
+    CVAE's conditional NLL (IWAE-k from Q(z|X, Y)) beside the baseline's exact NLL.
+
+    Returns a JSON-ready dict, nats per datum (``*_bits_per_dim``: per modelled value):
+    ``test_elbo``; ``baseline_nll`` (and ``_se``, ``_bits_per_dim``); with k > 0 also
+    ``test_nll`` (``_se``, ``_mc_se``, ``_ess``, ... as for a VAE) and ``nll_difference``
+    = test_nll - baseline_nll with ``nll_difference_se``, the paired s.e. over the test
+    data (negative: the CVAE explains Y better than the regressor).
+    """
+    packed = PackedCVAE(run.cvae)
+    pyro.set_rng_seed(seed)
+    y_dim = run.condition.y_dim
+    baseline = regressor_nll(run.regressor, test_x, batch_size)
+    n = len(baseline)
+    result = {
+        "model": "cvae", "condition": run.condition.name,
+        "cvae_prior": run.config.cvae_prior or "fixed", "likelihood": run.config.likelihood,
+        "test_elbo": evaluate_elbo(packed, test_x, batch_size, run.config.elbo),
+        "estimator": run.config.elbo, "n_test": n, "modelled_values": y_dim,
+        "units": "nats per datum (of Y given X)", "seed": seed,
+        "baseline_nll": float(baseline.mean()), "baseline_nll_se": _se(baseline),
+        "baseline_nll_bits_per_dim": float(baseline.mean()) / (y_dim * math.log(2)),
+    }
+    if nll_samples:
+        start = time.perf_counter()
+        estimate = log_likelihood(packed, test_x, nll_samples, "guide", chunk)
+        estimate = dataclasses.replace(estimate, dims=y_dim)  # scored values, not packed ones
+        result.update(estimate.summary("test_nll"))
+        result.update({"test_nll_chunk": chunk, "test_nll_seconds": time.perf_counter() - start,
+                       "test_nll_device": str(test_x.device)})
+        difference = -estimate.per_datum - baseline
+        result.update({"nll_difference": float(difference.mean()),
+                       "nll_difference_se": _se(difference)})
+    return result
+
+
+def _se(values: torch.Tensor) -> float:
+    """sd / sqrt(N) of a per-datum tensor (nan for one datum)."""
+    n = len(values)
+    return float(values.std()) / math.sqrt(n) if n > 1 else math.nan
+
+
+def _cuda(x: torch.Tensor) -> list:
+    return [x.device] if x.device.type == "cuda" else []

@@ -1,0 +1,100 @@
+"""``pyrovae train --model cvae``: run folder, resume, sample --given, evaluate, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from pyrovae.cli import main
+
+FAST = ["--model", "cvae", "--likelihood", "bernoulli", "--binarize", "static",
+        "--hidden", "16", "--z-dim", "2", "--batch-size", "100", "--quiet"]
+
+
+@pytest.mark.parametrize("condition,prior", [("quadrant", "fixed"), ("label", "learned")])
+def test_train_sample_evaluate_a_cvae_run(tmp_path, capsys, condition, prior):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--condition", condition, "--cvae-prior", prior,
+                 "--epochs", "1", *FAST]) == 0
+    assert "trained 1 epochs" in capsys.readouterr().out
+    figures = ["completions.png", "curves.png"] + (["by_label.png"] if condition == "label"
+                                                   else [])
+    for name in ["config.json", "metrics.jsonl", "checkpoint.pt", "baseline.pt",
+                 *(f"figures/{f}" for f in figures)]:
+        assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["condition"] == condition
+
+    (run / "figures" / "completions.png").unlink()
+    assert main(["sample", str(run), "--given", "test", "--n", "3", "--rows", "4"]) == 0
+    assert (run / "figures" / "completions.png").stat().st_size > 0
+
+    assert main(["evaluate", str(run), "--nll-samples", "20", "--limit", "50"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["n_test"] == 50 and result["condition"] == condition
+    assert result["test_elbo"] < 0 and result["baseline_nll"] > 0
+    # the IWAE-20 bound is tighter than the ELBO (up to Monte-Carlo noise of the ELBO)
+    assert result["test_nll"] < -result["test_elbo"] + 5 * result["test_nll_se"]
+    assert result["nll_difference"] == pytest.approx(result["test_nll"] -
+                                                     result["baseline_nll"])
+
+
+def test_cvae_resume_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = ["--condition", "half", *FAST]
+    assert main(["train", "--out", str(straight), "--epochs", "2", *args]) == 0
+    assert main(["train", "--out", str(split), "--epochs", "1", *args]) == 0
+    assert main(["train", "--out", str(split), "--epochs", "2", "--resume", *args]) == 0
+    lines = [[json.loads(m) for m in (run / "metrics.jsonl").read_text().splitlines()]
+             for run in (straight, split)]
+    for a, b in zip(*lines):
+        assert a["train_elbo"] == b["train_elbo"] and a["test_elbo"] == b["test_elbo"]
+    models = [torch.load(run / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+              for run in (straight, split)]
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    baselines = [torch.load(run / "baseline.pt", weights_only=False)["model"]
+                 for run in (straight, split)]
+    assert all(torch.equal(baselines[0][k], baselines[1][k]) for k in baselines[0])
+
+
+def test_old_vae_checkpoint_without_model_fields_resumes(tmp_path):
+    run = tmp_path / "old"
+    small = ["--hidden", "8", "--batch-size", "100", "--quiet"]
+    assert main(["train", "--out", str(run), "--epochs", "1", *small]) == 0
+    for path in (run / "config.json", run / "checkpoint.pt"):  # as written before issue 7
+        if path.suffix == ".json":
+            config = json.loads(path.read_text())
+            for key in ("model", "condition", "cvae_prior"):
+                del config[key]
+            path.write_text(json.dumps(config))
+        else:
+            state = torch.load(path, weights_only=False)
+            for key in ("model", "condition", "cvae_prior"):
+                del state["config"][key]
+            torch.save(state, path)
+    assert main(["train", "--out", str(run), "--epochs", "2", "--resume", *small]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--condition", "quadrant"], "condition 'quadrant' needs --model cvae"),
+    (["train", "--cvae-prior", "learned"], "cvae_prior 'learned' needs --model cvae"),
+    (["train", "--model", "cvae"], "model 'cvae' needs condition: one of half, label"),
+    (["train", "--model", "cvae", "--condition", "eye"], "got 'eye'"),
+    (["train", "--model", "cvae", "--condition", "half", "--cvae-prior", "vamp"],
+     "cvae_prior must be one of fixed, learned"),
+    (["train", "--model", "cvae", "--condition", "half", "--prior", "mixture"],
+     "prior 'mixture' is a vae option"),
+    (["train", "--model", "gan"], "model must be one of vae, cvae"),
+])
+def test_bad_cvae_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_given_needs_a_cvae_run(tmp_path, capsys):
+    run = tmp_path / "vae"
+    assert main(["train", "--out", str(run), "--epochs", "1", "--hidden", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--given", "test"]) == 2
+    assert "--given completes inputs of a cvae run" in capsys.readouterr().err
