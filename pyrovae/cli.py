@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: 500)")
     evaluate.add_argument("--limit", type=int, metavar="N",
                           help="evaluate only the first N test images (default: all)")
+    evaluate.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                          help="under torchrun (test images split over the ranks): seconds "
+                          "a rank waits for the others (default: 600)")
 
     compare = commands.add_parser(
         "compare", help="ELBO estimators side by side on one test batch",
@@ -183,17 +186,39 @@ def _sample(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import pyro
-
-    from pyrovae.data import load_dataset
-    from pyrovae.evaluation import evaluate_elbo
-    from pyrovae.runs import load_run, prepare_data, write_json
+    from pyrovae import distributed
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.nll_samples < 0 or args.chunk < 1:
+        raise ValueError(f"--nll-samples must be >= 0 and --chunk >= 1, got "
+                         f"{args.nll_samples} and {args.chunk}")
+    ctx = distributed.from_environment()
     if _is_cvae_run(args.run_dir):
+        if ctx.enabled:
+            raise ValueError("evaluate a cvae run in one process (not under torchrun)")
         return _evaluate_cvae(args)
-    vae, config = load_run(args.run_dir, args.device)
+    from pyrovae.training import resolve_device
+
+    device = distributed.device_for(ctx, resolve_device(args.device))
+    distributed.init(ctx, device, timeout_s=args.dist_timeout)
+    try:
+        return _evaluate_vae(args, ctx, device)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _evaluate_vae(args, ctx, device) -> int:
+    """Test ELBO (and IS-k NLL) of a VAE run; under torchrun each rank takes every W-th test
+    image and rank 0 writes the result over all of them."""
+    import pyro
+
+    from pyrovae import distributed
+    from pyrovae.data import load_dataset
+    from pyrovae.evaluation import evaluate_elbo, nll_report
+    from pyrovae.runs import load_run, prepare_data, write_json
+
+    vae, config = load_run(args.run_dir, str(device))
     data = load_dataset(config.dataset, config.data_dir, download=False)
     data = prepare_data(config, vae, data, vae.device)
     if args.limit is not None:
@@ -201,23 +226,25 @@ def _evaluate(args) -> int:
             raise ValueError(f"--limit must be in [1, {len(data.test_x)}] (the test set), "
                              f"got {args.limit}")
         data.test_x = data.test_x[:args.limit]
-    if args.nll_samples < 0 or args.chunk < 1:
-        raise ValueError(f"--nll-samples must be >= 0 and --chunk >= 1, got "
-                         f"{args.nll_samples} and {args.chunk}")
-    pyro.set_rng_seed(args.seed)
+    test_x = distributed.shard(data.test_x, ctx, equal=False)
+    # one process: the seed itself; several: a distinct stream per rank
+    pyro.set_rng_seed(distributed.rank_seed(args.seed, 0, ctx.rank) if ctx.enabled
+                      else args.seed)
+    elbo = evaluate_elbo(vae, test_x, args.batch_size, config.elbo)
     result = {
-        "test_elbo": evaluate_elbo(vae, data.test_x, args.batch_size, config.elbo),
+        "test_elbo": distributed.reduce_mean(elbo, len(test_x), ctx, device),
         "n_test": len(data.test_x),
         "estimator": config.elbo,
         "units": "nats per datum",
         "seed": args.seed,
+        "world_size": ctx.world_size,
     }
     if args.nll_samples:
-        from pyrovae.evaluation import nll_report
-
-        result.update(nll_report(vae, data.test_x, args.nll_samples, args.chunk))
-    write_json(args.run_dir / "evaluation.json", result)
-    print(json.dumps(result, indent=2))
+        result.update(nll_report(vae, test_x, args.nll_samples, args.chunk,
+                                 combine=lambda e: distributed.gather_log_likelihood(e, ctx)))
+    if ctx.is_main:
+        write_json(args.run_dir / "evaluation.json", result)
+        print(json.dumps(result, indent=2))
     return 0
 
 

@@ -160,3 +160,19 @@ def test_cli_under_torchrun_then_resume_in_one_process(tmp_path):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     assert json.loads((out / "environment.json").read_text())["world_size"] == 1
+    # evaluation split over two ranks: every test image counted once, on rank 0's report
+    evaluate = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "pyrovae", "evaluate", str(out), "--device",
+                "cpu", "--nll-samples", "8", "--limit", "101"]
+    done = subprocess.run(evaluate, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["world_size"] == 2 and report["n_test"] == 101 and report["n_data"] == 101
+    alone = subprocess.run([sys.executable, "-m", "pyrovae", "evaluate", str(out), "--device",
+                            "cpu", "--nll-samples", "8", "--limit", "101"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    single = json.loads((out / "evaluation.json").read_text())
+    # other draws, same quantity: the two estimates agree within their standard errors
+    assert abs(report["test_nll"] - single["test_nll"]) < 4 * (
+        report["test_nll_mc_se"] ** 2 + single["test_nll_mc_se"] ** 2) ** 0.5 + 0.05
