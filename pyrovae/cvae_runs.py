@@ -33,6 +33,7 @@ from pyrovae.cvae import CVAE, PackedCVAE, Regressor, fit_regressor, regressor_n
 from pyrovae.data import Dataset, load_dataset
 from pyrovae.evaluation import evaluate_elbo, log_likelihood
 from pyrovae.likelihoods import build_likelihood
+from pyrovae.rng import forked_rng
 from pyrovae.runs import atomic_write, load_checkpoint, prepare_data
 from pyrovae.training import resolve_device
 
@@ -84,7 +85,7 @@ class CVAEJob:
         """
         config = self.config
         regressor = build_regressor(config, self.condition).to(self.train_x.device)
-        with torch.random.fork_rng(devices=_cuda(self.train_x)):
+        with forked_rng(self.train_x):
             torch.manual_seed(config.seed)
             start = time.perf_counter()
             losses = fit_regressor(regressor, self.train_x, config.epochs, config.batch_size,
@@ -148,7 +149,7 @@ def write_cvae_figures(run: CVAERun, images: torch.Tensor, labels: torch.Tensor,
     for name, value in (("draws", draws), ("rows", rows)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    with torch.random.fork_rng(devices=_cuda(images)):
+    with forked_rng(images):
         torch.manual_seed(seed)
         paths = [plot_completions(run, images[:rows], labels[:rows], draws,
                                   folder / "completions.png")]
@@ -227,7 +228,3 @@ def _se(values: torch.Tensor) -> float:
     """sd / sqrt(N) of a per-datum tensor (nan for one datum)."""
     n = len(values)
     return float(values.std()) / math.sqrt(n) if n > 1 else math.nan
-
-
-def _cuda(x: torch.Tensor) -> list:
-    return [x.device] if x.device.type == "cuda" else []

@@ -47,6 +47,7 @@ from pyro.poutine.util import prune_subsample_sites
 from pyrovae.estimators import Estimator, build_estimator, guess_plate_nesting
 from pyrovae.iwae import log_weights
 from pyrovae.model import VAE
+from pyrovae.rng import forked_rng
 
 PROPOSALS = ("guide", "prior")
 MAX_ROWS = 2 ** 14  # (datum, particle) pairs per pass: bounds the memory of one chunk
@@ -222,7 +223,7 @@ def log_likelihood(vae: VAE, x: torch.Tensor, samples: int | Sequence[int] = 500
 def _plate_nesting(vae: VAE, x: torch.Tensor) -> int:
     """How many plates deep the model and guide go (Pyro's guess, from one run)."""
     elbo = pyro.infer.Trace_ELBO(vectorize_particles=True)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with forked_rng(x):
         return guess_plate_nesting(elbo, vae.model, vae.guide, (x,), {})
 
 

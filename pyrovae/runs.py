@@ -39,6 +39,7 @@ from pyrovae.guides import build_guide
 from pyrovae.likelihoods import build_likelihood
 from pyrovae.model import VAE
 from pyrovae.priors import build_prior
+from pyrovae.rng import forked_rng
 from pyrovae.training import NonFiniteLossError, Trainer, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
 def write_figures(vae: VAE, data: Dataset, history: list[dict], folder: Path,
                   seed: int = 0) -> list[Path]:
     """samples.png, reconstructions.png, curves.png (and latent.png when z_dim == 2)."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with forked_rng(vae.device), torch.no_grad():
         torch.manual_seed(seed)
         paths = [plots.plot_samples(vae, folder / "samples.png"),
                  plots.plot_reconstructions(vae, data.test_x, folder / "reconstructions.png"),

@@ -41,6 +41,7 @@ from pyro.poutine.util import site_is_subsample
 from pyrovae.distributed import SINGLE, Distributed, all_reduce, ddp_loss
 from pyrovae.estimators import Estimator
 from pyrovae.model import VAE
+from pyrovae.rng import forked_rng
 
 STEPPERS = ("fast", "svi")
 COMPILE_MODES = ("auto", "none", "graph")
@@ -87,8 +88,7 @@ def graph_capturable(vae: VAE, estimator: Estimator, x: torch.Tensor,
         return False, f"device is {device.type}, CUDA graphs need CUDA"
     if not getattr(estimator, "capturable", True):
         return False, f"estimator {type(estimator).__name__} has no sync-free loss"
-    with torch.no_grad(), poutine.block(), torch.random.fork_rng(
-            devices=[device] if torch.cuda.is_available() else []):
+    with torch.no_grad(), poutine.block(), forked_rng(device):
         guide = estimator.wrap(vae.model, vae.guide)[1]  # as trained (--score-function)
         guide_trace = poutine.trace(guide).get_trace(x)  # leaves the RNG streams as found
     for name, site in guide_trace.nodes.items():

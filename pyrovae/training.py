@@ -21,6 +21,7 @@ from pyrovae.distributed import SINGLE, Distributed, all_reduce, rank_seed, redu
 from pyrovae.estimators import Estimator, build_estimator
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
+from pyrovae.rng import forked_rng, rng_state, set_rng_state
 from pyrovae.steppers import (
     COMPILE_MODES,
     NAN_ACTIONS,
@@ -276,7 +277,7 @@ class Trainer:
         """The estimator's unweighted bound (beta = 1) of ``x``, nats per datum, drawn from a
         forked RNG (training is unaffected); with several ranks, ``x`` is this rank's shard
         and the result the mean over all ranks' data."""
-        with torch.random.fork_rng(devices=_cuda_devices(x)):
+        with forked_rng(x):
             mean = evaluate_elbo(self.vae, x, batch_size, self.estimator)
         return reduce_mean(mean, len(x), self.distributed, x.device)
 
@@ -317,21 +318,3 @@ def check_kl_weight(beta, kl_warmup, estimator: Estimator) -> tuple[float, int]:
         raise ValueError("beta != 1 and kl_warmup need pathwise gradients: the KL weight "
                          "scales the guide's score-function term too; drop --score-function")
     return float(beta), kl_warmup
-
-
-def _cuda_devices(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.device.type == "cuda" else []
-
-
-def rng_state() -> dict:
-    """Python, NumPy and torch (CPU and every CUDA device) random states."""
-    state = pyro.util.get_rng_state()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    pyro.util.set_rng_state({k: v for k, v in state.items() if k != "cuda"})
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
