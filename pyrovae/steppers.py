@@ -241,12 +241,19 @@ class FastStepper:
         if self.graph is not None:
             raise RuntimeError("load the optimiser state before the first step: a captured "
                                "CUDA graph holds the old state tensors")
-        lr_tensors = [g["lr"] for g in self.optimizer.param_groups]
+        # torch keeps the saved groups whole: a CUDA checkpoint would make a CPU optimiser
+        # capturable (and a CPU one a CUDA optimiser fused). Keep this device's settings and
+        # lr tensor, taking only the learning rate's value from the checkpoint.
+        own = [{k: v for k, v in g.items() if k != "params"}
+               for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state)
-        for group, lr in zip(self.optimizer.param_groups, lr_tensors):
-            if isinstance(lr, torch.Tensor):  # keep the device tensor, take the saved value
-                lr.fill_(float(group["lr"]))
-                group["lr"] = lr
+        for group, settings in zip(self.optimizer.param_groups, own):
+            saved_lr = float(group["lr"])
+            group.update(settings)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(saved_lr)
+            else:
+                group["lr"] = saved_lr
 
 
 class SVIStepper:
@@ -285,6 +292,11 @@ class SVIStepper:
         self.optim_args["lr"] = lr  # pyro.optim reads this dict for parameters it meets later
         for optimizer in self.optimizer.optim_objs.values():
             for group in optimizer.param_groups:
+                group["lr"] = lr
+        # states loaded from a checkpoint but not yet given to an optimiser (pyro.optim makes
+        # them at a parameter's first step) would bring back the saved rate
+        for saved in self.optimizer._state_waiting_to_be_consumed.values():
+            for group in saved.get("param_groups", []):
                 group["lr"] = lr
 
     def state_dict(self) -> dict:

@@ -57,6 +57,7 @@ def main(scenario: str, out: Path) -> None:
         (out / f"error_rank{ctx.rank}.txt").write_text(f"{type(error).__name__}: {error}")
         os._exit(0)
     torch.save({"params": [p.detach() for p in vae.parameters()],
+                "grads": [p.grad.detach() for p in vae.parameters()],  # the last step's
                 "history": trainer.history}, out / f"rank{ctx.rank}.pt")
     distributed.shutdown(ctx)
 

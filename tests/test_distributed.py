@@ -40,11 +40,15 @@ def run_ranks(scenario: str, out: Path, world: int = 2, timeout: float = 120, **
     procs = [subprocess.Popen([sys.executable, str(WORKER), scenario, str(out)],
                               env=rank_env(r, world, port, **extra), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(world)]
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:  # none left running when a rank timed out
+            p.kill()
     return [p.returncode for p in procs], outputs
 
 
-def reference_run(world: int) -> tuple[list[torch.Tensor], list[float]]:
+def reference_run(world: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
     """One process doing what the ranks do together: per step, each virtual rank draws its
     batch and noise from its own RNG stream; their gradients are summed; one Adam step."""
     data, vae = workers.tiny_setup()
@@ -76,7 +80,7 @@ def reference_run(world: int) -> tuple[list[torch.Tensor], list[float]]:
                 states[r] = torch.get_rng_state()
             optimizer.step()
         losses.append(-total / (len(shards[0]) // batch * workers.GLOBAL_BATCH))
-    return [p.detach() for p in params], losses
+    return [p.detach() for p in params], [p.grad.detach() for p in params], losses
 
 
 def test_two_ranks_match_one_process_on_the_concatenated_batches(tmp_path):
@@ -89,10 +93,15 @@ def test_two_ranks_match_one_process_on_the_concatenated_batches(tmp_path):
         return [{k: v for k, v in m.items() if k != "seconds"} for m in rank["history"]]
 
     assert metrics(ranks[0]) == metrics(ranks[1])  # reduced over the ranks
-    params, train_elbos = reference_run(world=2)
+    params, grads, train_elbos = reference_run(world=2)
     for got, want in zip(ranks[0]["params"], params):
         # float sums in another order (all-reduce vs accumulate), through 8 Adam steps
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # the last step's gradient is the sum over both ranks' data (Adam alone would not
+    # notice a wrong constant factor: its steps are scale-free)
+    for got, want in zip(ranks[0]["grads"], grads):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+        assert want.abs().max() > 1e-3  # a gradient that a factor of 2 would change
     for got, want in zip(ranks[0]["history"], train_elbos):
         assert got["train_elbo"] == pytest.approx(want, rel=1e-5)
     # and training moved the parameters (the comparison is not between two initial states)

@@ -159,3 +159,30 @@ def test_set_lr_reaches_a_captured_graph():
     restored = train_on_cuda("none", epochs=1)
     restored.load_state_dict(trainer.state_dict())
     assert isinstance(restored.stepper.optimizer.param_groups[0]["lr"], torch.Tensor)
+
+
+def test_svi_set_lr_holds_after_a_resume(tiny_images):
+    grey, _ = tiny_images
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3, stepper="svi")
+    trainer.fit(grey, 1, 8, progress=False)
+    resumed = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3, stepper="svi")
+    resumed.load_state_dict(trainer.state_dict())
+    resumed.set_lr(0.02)  # before pyro.optim has made the per-parameter optimisers
+    resumed.stepper.step(grey[:8])
+    rates = {g["lr"] for o in resumed.stepper.optimizer.optim_objs.values()
+             for g in o.param_groups}
+    assert rates == {0.02}
+
+
+def test_a_checkpoint_from_another_device_keeps_this_devices_adam(tiny_images):
+    grey, _ = tiny_images
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3)
+    trainer.fit(grey, 1, 8, progress=False)
+    state = trainer.state_dict()
+    for group in state["optimizer"]["param_groups"]:  # as a CUDA run saves them
+        group.update(capturable=True, fused=None, lr=5e-4)
+    resumed = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-3)
+    resumed.load_state_dict(state)
+    group = resumed.stepper.optimizer.param_groups[0]
+    assert group["capturable"] is False and group["fused"] is True and group["lr"] == 5e-4
+    resumed.fit(grey, 2, 8, progress=False)  # a capturable group would fail on the CPU
