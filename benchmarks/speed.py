@@ -19,7 +19,8 @@ a fixed seed, the same data for every variant. Variants:
 Each variant trains a fresh model from the same seed for ``--epochs`` epochs. The variants take
 turns, one epoch each, in an order rotated every round (each keeps its own RNG stream, so it
 draws what it would alone): a slow spell of a shared machine hits all of them. The table gives
-the median seconds per epoch, samples per second, peak device memory (CUDA only), the test
+the median seconds per epoch, samples per second, peak device memory (CUDA only: the peak
+during the variant's epochs above what all variants hold resident before them), the test
 ELBO after those epochs (one-sample estimate, nats per image: no variant wins by doing less),
 and the time ratios to (1), to the hand-written step ((5) on CUDA, else (4)) and to (6).
 """
@@ -95,6 +96,9 @@ class Variant:
     def timed_epoch(self) -> float:
         """Seconds of one epoch, the device synchronised before and after."""
         _set_rng_state(self._rng, self.device)
+        # the variants' PyroModules share parameter names: a name another variant left in
+        # Pyro's global store would replace this variant's own parameter (untimed)
+        pyro.clear_param_store()
         sync(self.device)
         start = time.perf_counter()
         self._epoch()
@@ -105,6 +109,7 @@ class Variant:
 
     def test_elbo(self) -> float:
         _set_rng_state(self._rng, self.device)
+        pyro.clear_param_store()
         return self._test_elbo()
 
 
@@ -270,12 +275,13 @@ def main(argv=None) -> list[dict]:
             # slow spell of a shared machine is spread over all of them
             shift = epoch % len(names)
             for name in names[shift:] + names[:shift]:
-                if device.type == "cuda":
+                if device.type == "cuda":  # every variant stays resident: count the rise
                     torch.cuda.reset_peak_memory_stats(device)
+                    resident = torch.cuda.memory_allocated(device)
                 times[name].append(variants[name].timed_epoch())
                 if device.type == "cuda":
-                    peaks[name] = max(peaks[name],
-                                      torch.cuda.max_memory_allocated(device) / 2**20)
+                    rise = torch.cuda.max_memory_allocated(device) - resident
+                    peaks[name] = max(peaks[name], rise / 2**20)
         for name in names:
             seconds = statistics.median(times[name])
             rows.append({
