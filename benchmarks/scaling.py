@@ -43,11 +43,11 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     ctx = replace(distributed.from_environment(), seed=0)
     device = distributed.device_for(ctx, resolve_device(args.device))
-    distributed.init(ctx, device, timeout_s=300)
-    torch.manual_seed(ctx.rank)
-    x = torch.rand(args.batch_per_rank, 1, 28, 28, device=device).round()
-    torch.manual_seed(0)
+    created = distributed.init(ctx, device, timeout_s=300)
+    torch.manual_seed(0)  # the same initial model everywhere (DDP broadcasts rank 0's anyway)
     vae = VAE((1, 28, 28), 50, (400,), likelihood="bernoulli").to(device)
+    torch.manual_seed(1 + ctx.rank)  # each rank its own data and noise
+    x = torch.rand(args.batch_per_rank, 1, 28, 28, device=device).round()
     trainer = Trainer(vae, "trace", lr=1e-3, compile="none", distributed=ctx)
     for _ in range(args.warmup):
         trainer.stepper.step(x)
@@ -67,7 +67,7 @@ def worker(args) -> None:
             else f"CPU {platform.machine()}", "batch_per_rank": args.batch_per_rank,
             "steps": args.steps, "seconds": seconds, "samples_per_second": samples / seconds,
             "train_elbo": -stats.loss_sum / samples}))
-    distributed.shutdown(ctx)
+    distributed.shutdown(created)
 
 
 def launch(procs: int, args) -> dict:
@@ -79,8 +79,10 @@ def launch(procs: int, args) -> dict:
                    "--out", str(out), "--device", args.device, "--threads", str(args.threads),
                    "--batch-per-rank", str(args.batch_per_rank), "--steps", str(args.steps),
                    "--warmup", str(args.warmup)]
+        paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                               if p]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+                   PYTHONPATH=os.pathsep.join(paths))
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"torchrun with {procs} processes failed:\n{done.stderr[-3000:]}")

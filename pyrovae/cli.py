@@ -201,11 +201,17 @@ def _evaluate(args) -> int:
     from pyrovae.training import resolve_device
 
     device = distributed.device_for(ctx, resolve_device(args.device))
-    distributed.init(ctx, device, timeout_s=args.dist_timeout)
+    created = distributed.init(ctx, device, timeout_s=args.dist_timeout)
     try:
         return _evaluate_vae(args, ctx, device)
+    except RuntimeError as error:
+        if not ctx.enabled:
+            raise
+        logging.getLogger(__name__).error("rank %d: evaluation failed", ctx.rank,
+                                          exc_info=True)
+        raise RankFailure(ctx, args.dist_timeout, error) from error
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(created)
 
 
 def _evaluate_vae(args, ctx, device) -> int:
@@ -226,6 +232,7 @@ def _evaluate_vae(args, ctx, device) -> int:
             raise ValueError(f"--limit must be in [1, {len(data.test_x)}] (the test set), "
                              f"got {args.limit}")
         data.test_x = data.test_x[:args.limit]
+    distributed.check_shardable(len(data.test_x), ctx, "the test set (--limit)")
     test_x = distributed.shard(data.test_x, ctx, equal=False)
     # one process: the seed itself; several: a distinct stream per rank
     pyro.set_rng_seed(distributed.rank_seed(args.seed, 0, ctx.rank) if ctx.enabled

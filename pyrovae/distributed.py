@@ -79,6 +79,9 @@ def from_environment(environ=os.environ) -> Distributed:
     """The ranks ``torchrun`` set; a single process when ``WORLD_SIZE`` is unset or 1."""
     if "WORLD_SIZE" not in environ:
         return SINGLE
+    if environ["WORLD_SIZE"] != "1" and "RANK" not in environ:
+        raise ValueError("WORLD_SIZE is set but RANK is not: launch with torchrun (or set "
+                         "RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/MASTER_PORT)")
     try:
         values = {name: int(environ.get(name, "0")) for name in ENV_VARS}
     except ValueError:
@@ -94,6 +97,8 @@ def device_for(ctx: Distributed, device: torch.device) -> torch.device:
     """One GPU per rank on its node (``cuda:LOCAL_RANK``); the CPU stays the CPU."""
     if device.type != "cuda" or not ctx.enabled:
         return device
+    if torch.cuda.device_count() == 1:  # e.g. CUDA_VISIBLE_DEVICES gives each rank one GPU
+        return torch.device("cuda", 0)
     if ctx.local_rank >= torch.cuda.device_count():
         raise ValueError(f"LOCAL_RANK {ctx.local_rank} has no GPU: this node has "
                          f"{torch.cuda.device_count()}; start at most that many processes "
@@ -101,21 +106,36 @@ def device_for(ctx: Distributed, device: torch.device) -> torch.device:
     return torch.device("cuda", ctx.local_rank)
 
 
-def init(ctx: Distributed, device: torch.device, timeout_s: float) -> None:
-    """Join the process group (NCCL for CUDA, else Gloo). A rank that stops answering makes
-    the others' next collective fail after ``timeout_s`` seconds instead of hanging."""
+def init(ctx: Distributed, device: torch.device, timeout_s: float) -> bool:
+    """Join the process group (NCCL for CUDA, else Gloo); ``True`` if this call created it
+    (a group the caller already made is used as it is). With Gloo, a rank that stops
+    answering makes the others' next collective fail after ``timeout_s`` seconds instead of
+    hanging; with NCCL, PyTorch's watchdog aborts the processes after it."""
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"the distributed timeout must be > 0 seconds, got {timeout_s!r}")
     if not ctx.enabled or dist.is_initialized():
-        return
+        return False
+    options = {}
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        options["device_id"] = device  # NCCL's barrier on this rank's GPU
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             rank=ctx.rank, world_size=ctx.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+                            timeout=datetime.timedelta(seconds=timeout_s), **options)
+    return True
 
 
-def shutdown(ctx: Distributed) -> None:
-    if ctx.enabled and dist.is_initialized():
+def shutdown(created: bool) -> None:
+    """Leave the process group if :func:`init` created it."""
+    if created and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_shardable(n: int, ctx: Distributed, what: str) -> None:
+    """``ValueError`` (on every rank alike) unless each of the W ranks gets >= 1 of n data."""
+    if n < ctx.world_size:
+        raise ValueError(f"{what} has {n} images, fewer than the {ctx.world_size} ranks: "
+                         "every rank needs at least one")
 
 
 def barrier(ctx: Distributed) -> None:

@@ -129,16 +129,18 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     run_dir, config = _check_run_dir(config, out, resume, force)  # every rank; reads only
     device = distributed.device_for(ctx, resolve_device(config.device))
     ctx = replace(ctx, seed=config.seed)
-    distributed.init(ctx, device, config.dist_timeout)
+    created = distributed.init(ctx, device, config.dist_timeout)
     try:
         distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
         return _train(config, run_dir, resume, force, progress, ctx, device)
     except RuntimeError as error:
         if ctx.enabled and not isinstance(error, NonFiniteLossError):
+            logger.error("rank %d of %d: training failed", ctx.rank, ctx.world_size,
+                         exc_info=True)  # the traceback, before the one-line summary
             raise distributed.RankFailure(ctx, config.dist_timeout, error) from error
         raise
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(created)
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progress,
@@ -146,7 +148,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
     """:func:`train_run` once the folder is checked and the process group (if any) joined;
     rank 0 alone writes."""
     pyro.set_rng_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, config.download)
+    if config.download and ctx.enabled:  # rank 0 downloads; the others then read the files
+        if ctx.is_main:
+            load_dataset(config.dataset, config.data_dir, True)
+        distributed.barrier(ctx)
+    data = load_dataset(config.dataset, config.data_dir, config.download and ctx.is_main)
     if config.model == "cvae":  # the conditional VAE: its own data, baseline and figures
         from pyrovae.cvae_runs import CVAEJob
 
@@ -155,6 +161,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
         job = VAEJob(config, data, device)
     vae = job.module
     check_batch_size(config.batch_size, len(job.train_x))
+    distributed.check_shardable(len(job.test_x), ctx, "the test set")
     batch_size = distributed.local_batch_size(config.batch_size, ctx)
     train_x = distributed.shard(job.train_x, ctx, equal=True)
     test_x = distributed.shard(job.test_x, ctx, equal=False)

@@ -37,7 +37,8 @@ def tiny_setup():
 def main(scenario: str, out: Path) -> None:
     torch.set_num_threads(1)
     ctx = replace(distributed.from_environment(), seed=SEED)
-    distributed.init(ctx, torch.device("cpu"), timeout_s=float(os.environ.get("TIMEOUT", 30)))
+    timeout = float(os.environ.get("TIMEOUT", 30))
+    created = distributed.init(ctx, torch.device("cpu"), timeout_s=timeout)
     if scenario == "die" and ctx.rank == 1:
         os._exit(3)
     if scenario == "stall" and ctx.rank == 1:  # alive, but never joins a collective
@@ -59,7 +60,7 @@ def main(scenario: str, out: Path) -> None:
     torch.save({"params": [p.detach() for p in vae.parameters()],
                 "grads": [p.grad.detach() for p in vae.parameters()],  # the last step's
                 "history": trainer.history}, out / f"rank{ctx.rank}.pt")
-    distributed.shutdown(ctx)
+    distributed.shutdown(created)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,19 @@ def test_environment_parsing():
         distributed.from_environment({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="must be integers"):
         distributed.from_environment({"RANK": "x", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="WORLD_SIZE is set but RANK is not"):
+        distributed.from_environment({"WORLD_SIZE": "2"})
+
+
+def test_guards_that_hold_on_every_rank_alike():
+    two = distributed.Distributed(0, 2, 0)
+    with pytest.raises(ValueError, match="the test set has 1 images, fewer than the 2 ranks"):
+        distributed.check_shardable(1, two, "the test set")
+    distributed.check_shardable(2, two, "the test set")
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+        distributed.init(two, torch.device("cpu"), timeout_s=0)
+    # one process: nothing to join, so nothing for shutdown to leave
+    assert distributed.init(distributed.SINGLE, torch.device("cpu"), 60) is False
 
 
 def test_cli_under_torchrun_then_resume_in_one_process(tmp_path):
