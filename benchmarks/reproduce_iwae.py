@@ -135,13 +135,16 @@ def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
                       lr=1e-3, on_nan="skip")
     checkpoint = folder / "checkpoint.pt"
     record = {"row": name, "schedule": schedule.describe(), "train_seconds": 0.0, "steps": 0,
-              "epochs": 0}
+              "epochs": 0, "n_train": len(train)}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state["record"]["schedule"] != record["schedule"]:
             raise SystemExit(f"{checkpoint} was trained with schedule "
                              f"{state['record']['schedule']!r}, not {record['schedule']!r}; "
                              "pass the same schedule, or another --out")
+        if state["record"].get("n_train", len(train)) != len(train):
+            raise SystemExit(f"{checkpoint} was trained on {state['record']['n_train']} "
+                             f"images, not {len(train)}; pass the same --train-limit")
         trainer.load_state_dict(state["trainer"])
         record = state["record"]
         print(f"{name}: continuing from epoch {trainer.epoch} "
@@ -251,8 +254,9 @@ def main(argv=None) -> list[dict]:
         folder = args.out / name
         vae, record = train_row(name, schedule, train, folder, device)
         done = folder / "result.json"
-        if done.exists() and json.loads(done.read_text())["epochs"] == record["epochs"] \
-                and json.loads(done.read_text())["nll_k"] == args.nll_k:
+        previous = json.loads(done.read_text()) if done.exists() else {}
+        if (previous.get("epochs"), previous.get("nll_k"), previous.get("n_test")) == (
+                record["epochs"], args.nll_k, len(test)):
             print(f"{name}: already evaluated at epoch {record['epochs']} ({done})")
             continue
         result = {**record, **evaluate_row(vae, test, args.nll_k, args.chunk),
