@@ -31,7 +31,7 @@ from pyrovae.conditioning import Condition, build_condition, pack
 from pyrovae.config import TrainConfig
 from pyrovae.cvae import CVAE, PackedCVAE, Regressor, fit_regressor, regressor_nll
 from pyrovae.data import Dataset, load_dataset
-from pyrovae.evaluation import evaluate_elbo, log_likelihood
+from pyrovae.evaluation import evaluate_elbo, log_likelihood, standard_error
 from pyrovae.likelihoods import build_likelihood
 from pyrovae.rng import forked_rng
 from pyrovae.runs import atomic_write, load_checkpoint, prepare_data
@@ -208,7 +208,7 @@ def evaluate_cvae_run(run: CVAERun, test_x: torch.Tensor, batch_size: int = 1000
         "test_elbo": evaluate_elbo(packed, test_x, batch_size, run.config.elbo),
         "estimator": run.config.elbo, "n_test": n, "modelled_values": y_dim,
         "units": "nats per datum (of Y given X)", "seed": seed,
-        "baseline_nll": float(baseline.mean()), "baseline_nll_se": _se(baseline),
+        "baseline_nll": float(baseline.mean()), "baseline_nll_se": standard_error(baseline),
         "baseline_nll_bits_per_dim": float(baseline.mean()) / (y_dim * math.log(2)),
     }
     if nll_samples:
@@ -220,11 +220,5 @@ def evaluate_cvae_run(run: CVAERun, test_x: torch.Tensor, batch_size: int = 1000
                        "test_nll_device": str(test_x.device)})
         difference = -estimate.per_datum - baseline
         result.update({"nll_difference": float(difference.mean()),
-                       "nll_difference_se": _se(difference)})
+                       "nll_difference_se": standard_error(difference)})
     return result
-
-
-def _se(values: torch.Tensor) -> float:
-    """sd / sqrt(N) of a per-datum tensor (nan for one datum)."""
-    n = len(values)
-    return float(values.std()) / math.sqrt(n) if n > 1 else math.nan

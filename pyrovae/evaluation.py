@@ -75,6 +75,12 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
     return float(total) / len(x)
 
 
+def standard_error(values: torch.Tensor) -> float:
+    """S.e. of the mean of a per-datum tensor: sd / sqrt(N) (nan for one datum)."""
+    n = len(values)
+    return float(values.std()) / math.sqrt(n) if n > 1 else math.nan
+
+
 @dataclass
 class LogLikelihood:
     """Per-datum estimates of log P(X) from ``samples`` draws of ``proposal``.
@@ -105,8 +111,7 @@ class LogLikelihood:
     @property
     def se(self) -> float:
         """S.e. of :attr:`mean` across data points: sd / sqrt(N) (nan for N = 1)."""
-        n = len(self.per_datum)
-        return float(self.per_datum.std()) / math.sqrt(n) if n > 1 else math.nan
+        return standard_error(self.per_datum)
 
     @property
     def ess(self) -> float:

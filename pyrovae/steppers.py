@@ -229,10 +229,7 @@ class FastStepper:
     def set_lr(self, lr: float) -> None:
         """Change the learning rate (in place on CUDA: a captured graph sees it)."""
         for group in self.optimizer.param_groups:
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+            _put_lr(group, lr)
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
@@ -250,10 +247,15 @@ class FastStepper:
         for group, settings in zip(self.optimizer.param_groups, own):
             saved_lr = float(group["lr"])
             group.update(settings)
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(saved_lr)
-            else:
-                group["lr"] = saved_lr
+            _put_lr(group, saved_lr)
+
+
+def _put_lr(group: dict, lr: float) -> None:
+    """Set a param group's learning rate: in place when it is a (device) tensor."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
 
 
 class SVIStepper:
