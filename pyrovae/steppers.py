@@ -22,8 +22,11 @@ Gradient clipping (``clip_norm``) clips each parameter's gradient to that L2 nor
 NaN guard: every step computes, on the device, whether its loss and gradients are finite, and
 counts the steps that were not (and the first such step); :meth:`FastStepper.take_epoch` reads
 these counters with the epoch's loss in one transfer. With ``on_nan="skip"`` a non-finite
-step's update is undone on the device (parameters and Adam state restored with
-``torch.where``), so training carries on from the last good values. The ``svi`` stepper
+step leaves parameters and Adam state as they were, so training carries on from the last
+good values: on the CPU the optimiser step is not taken (the verdict is read on the host, which
+costs nothing there; copying the state to undo it cost 2 ms of a 7 ms step for the IWAE MLP at
+batch 256); on a GPU the update is undone on the device (state restored with ``torch.where``),
+which needs no host sync and works inside a CUDA graph. The ``svi`` stepper
 checks the loss Pyro returns after every step and cannot skip (Pyro has already stepped).
 """
 
@@ -157,7 +160,11 @@ class FastStepper:
         finite = all_finite(loss, self.params)
         if self.distributed.enabled:  # one verdict for all ranks, or their updates diverge
             finite = all_reduce(finite.float(), self.distributed, "min").bool()
-        if self.on_nan == "skip":
+        if self.on_nan == "skip" and self.device.type == "cpu":
+            # on the CPU reading the verdict costs nothing: a bad step is simply not taken
+            if finite:
+                self.optimizer.step()
+        elif self.on_nan == "skip":  # on a GPU, undo on the device: no host sync
             before = [t.detach().clone() for t in self._state_tensors()]
             self.optimizer.step()
             self._undo_unless(finite, before)

@@ -86,8 +86,9 @@ def test_skip_on_the_very_first_step_restores_adams_initial_state(tiny_images, p
     trainer.stepper.step(grey[:10])
     for before, after in zip(initial, vae.parameters()):
         assert torch.equal(before, after)
-    state = trainer.stepper.optimizer.state_dict()["state"][0]
-    assert float(state["step"]) == 0 and not state["exp_avg"].any()
+    # Adam's state is absent (the CPU skips the step) or at its initial values (a GPU undoes it)
+    state = trainer.stepper.optimizer.state_dict()["state"].get(0)
+    assert state is None or (float(state["step"]) == 0 and not state["exp_avg"].any())
 
 
 def test_an_absurd_learning_rate_trips_the_guard(tiny_images):
