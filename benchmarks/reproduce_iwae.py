@@ -28,7 +28,9 @@ The test negative log-likelihood is estimated by importance sampling from the gu
 k = ``--nll-k`` (5,000) draws per image, with its standard error over the test images.
 The table of every finished row under OUT is printed beside the paper's numbers and, with
 ``--docs PATH``, written into PATH between the markers ``<!-- iwae-table -->`` and
-``<!-- /iwae-table -->``.
+``<!-- /iwae-table -->``. ``OUT/curves.png`` plots each row's train ELBO against training time
+(with ``--docs``, also ``images/iwae_curves.png`` beside PATH), for rows trained from epoch 1
+by this version of the script.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset, log_likelihood  # noqa: E402
+from pyrovae.plots import plot_elbo_by_time  # noqa: E402
 from pyrovae.runs import atomic_write, environment, write_json  # noqa: E402
 from pyrovae.training import resolve_device  # noqa: E402
 
@@ -163,6 +166,12 @@ def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
         record["train_elbo"] = history[-1]["train_elbo"]
         record["skipped_steps"] = record.get("skipped_steps", 0) + \
             history[-1].get("skipped_steps", 0)
+        if trainer.epoch == 1:  # a row resumed from an older checkpoint has no curve
+            record["curve"] = []
+        if "curve" in record:
+            record["curve"].append({"epoch": trainer.epoch, "lr": lr,
+                                    "minutes": record["train_seconds"] / 60,
+                                    "train_elbo": record["train_elbo"]})
         state = {"trainer": trainer.state_dict(), "record": record}
         atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
         bar.update(1)
@@ -270,6 +279,12 @@ def main(argv=None) -> list[dict]:
                if p.parent.name in ROWS]
     text = table(results)
     print(text)
+    curves = {r["row"]: r["curve"] for r in results if r.get("curve")}
+    figures = [args.out / "curves.png"] + \
+        ([args.docs.parent / "images" / "iwae_curves.png"] if args.docs else [])
+    for figure in figures if curves else []:
+        plot_elbo_by_time(curves, figure)
+        print(f"figure: {figure}")
     if args.docs:
         write_docs(args.docs, text)
     return results

@@ -51,7 +51,7 @@ def test_reproduce_iwae_trains_resumes_and_writes_the_table(shared_data_dir, tmp
     args = ["--data-dir", str(shared_data_dir), "--rows", "iwae-k5", "--budget-minutes",
             "0.02", "--batch-size", "64", "--train-limit", "256", "--test-limit", "20",
             "--nll-k", "20", "--device", "cpu", "--out", str(tmp_path / "out"),
-            "--docs", str(docs)]
+            "--docs", str(docs), "--lr", "1e-3"]
     [result] = iwae.main(args)
     assert result["row"] == "iwae-k5" and result["epochs"] >= 1
     assert result["steps"] == result["epochs"] * (256 // 64)
@@ -64,6 +64,13 @@ def test_reproduce_iwae_trains_resumes_and_writes_the_table(shared_data_dir, tmp
     assert text.startswith("# title\n<!-- iwae-table -->\n| row |") and text.endswith(
         "<!-- /iwae-table -->\ntail\n") and "old" not in text
     assert "| iwae-k5 | iwae K=5" in text and "| 85.54 |" in text
+    # one curve point per epoch, in order, ending where the record ends; and its figure
+    curve = result["curve"]
+    assert [c["epoch"] for c in curve] == list(range(1, result["epochs"] + 1))
+    assert curve[-1]["minutes"] == pytest.approx(result["train_seconds"] / 60)
+    assert curve[-1]["train_elbo"] == result["train_elbo"] and curve[0]["lr"] == pytest.approx(1e-3)
+    for figure in (tmp_path / "out" / "curves.png", tmp_path / "images" / "iwae_curves.png"):
+        assert figure.stat().st_size > 1000, figure
     # run again: the budget is spent, so the checkpoint is the result; nothing is retrained
     capsys.readouterr()
     [again] = iwae.main(args)

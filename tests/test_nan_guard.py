@@ -11,6 +11,7 @@ from pyrovae.estimators import TraceELBO
 from pyrovae.evaluation import evaluate_elbo
 from pyrovae.model import VAE
 from pyrovae.runs import load_run, train_run
+from pyrovae.sync_guard import SyncGuard
 from pyrovae.training import NonFiniteLossError, Trainer
 
 
@@ -51,12 +52,20 @@ def test_stop_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert elbo == pytest.approx(lines[1]["test_elbo"], abs=5)  # the epoch-2 model
 
 
-def test_skip_undoes_bad_updates_exactly(tiny_images, poison):
+# on_host: the CPU's way (the step is not taken); on the device: a GPU's way (undone with
+# torch.where, no sync), run here on the CPU
+SKIP_WAYS = pytest.mark.parametrize("on_host", [True, False], ids=["on_host", "on_device"])
+
+
+@SKIP_WAYS
+def test_skip_undoes_bad_updates_exactly(tiny_images, poison, on_host):
     grey, _ = tiny_images
 
     def trainer():
         torch.manual_seed(0)
-        return Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-2, on_nan="skip")
+        made = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-2, on_nan="skip")
+        made.stepper.skip_on_host = on_host
+        return made
 
     poison.update({4, 5, 6, 7})  # every step of epoch 2
     skipping = trainer()
@@ -76,19 +85,37 @@ def test_skip_undoes_bad_updates_exactly(tiny_images, poison):
     assert all(torch.isfinite(p).all() for p in skipping.vae.parameters())
 
 
-def test_skip_on_the_very_first_step_restores_adams_initial_state(tiny_images, poison):
+@SKIP_WAYS
+def test_skip_on_the_very_first_step_restores_adams_initial_state(tiny_images, poison,
+                                                                   on_host):
     grey, _ = tiny_images
     poison.add(0)
     torch.manual_seed(0)
     vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
     initial = [p.detach().clone() for p in vae.parameters()]
     trainer = Trainer(vae, lr=1e-2, on_nan="skip")
+    trainer.stepper.skip_on_host = on_host
     trainer.stepper.step(grey[:10])
     for before, after in zip(initial, vae.parameters()):
         assert torch.equal(before, after)
-    # Adam's state is absent (the CPU skips the step) or at its initial values (a GPU undoes it)
     state = trainer.stepper.optimizer.state_dict()["state"].get(0)
-    assert state is None or (float(state["step"]) == 0 and not state["exp_avg"].any())
+    if on_host:  # the step was not taken: Adam has no state yet
+        assert state is None
+    else:  # undone: Adam's initial state
+        assert float(state["step"]) == 0 and not state["exp_avg"].any()
+    trainer.stepper.step(grey[:10])  # a good step after it is Adam's first
+    assert float(trainer.stepper.optimizer.state_dict()["state"][0]["step"]) == 1
+
+
+def test_skip_on_the_device_is_sync_free(tiny_images, poison):
+    grey, _ = tiny_images
+    poison.add(1)
+    trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)), lr=1e-2, on_nan="skip")
+    trainer.stepper.skip_on_host = False
+    with SyncGuard():
+        for _ in range(3):  # good, bad, good
+            trainer.stepper.step(grey[:10])
+    assert trainer.stepper.take_epoch().bad_steps == 1
 
 
 def test_an_absurd_learning_rate_trips_the_guard(tiny_images):
