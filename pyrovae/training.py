@@ -75,8 +75,10 @@ class Trainer:
             and guide allow it, eager otherwise; the log says which and why), ``"graph"``
             (insist: a ``ValueError`` says why when it cannot be), or ``"none"`` (eager).
         on_nan: ``"stop"`` (raise :class:`NonFiniteLossError` at the end of an epoch with a
-            non-finite loss or gradient) or ``"skip"`` (undo those updates and carry on;
-            ``fast`` stepper only). Checked on the device, read once per epoch.
+            non-finite loss or gradient) or ``"skip"`` (leave parameters and Adam state as they
+            were before such a step and carry on; ``fast`` stepper only). Checked on the
+            device; on the CPU the skip reads each step's verdict, elsewhere the counts are
+            read once per epoch.
         beta: the KL weight B > 0 of the beta-VAE objective E_Q[log P(X|z)] - B D[Q || P(z)],
             applied by the estimator's :class:`~pyrovae.handlers.KLWeightMessenger` (every
             latent site's log-density times beta, in model and guide), so every estimator
