@@ -103,3 +103,13 @@ def test_scaling_benchmark_rows(tmp_path):
     assert [r["procs"] for r in rows] == [1, 2]
     assert rows[0]["speedup"] == 1.0 and rows[1]["efficiency"] > 0
     assert json.loads((tmp_path / "rows.json").read_text())[1]["batch_per_rank"] == 8
+
+
+def test_iwae_step_benchmark_times_both_side_by_side(capsys):
+    bench = load_script("iwae_step")
+    [row] = bench.main(["--batch-sizes", "8", "--steps", "2", "--rounds", "2"])
+    assert row["batch_size"] == 8 and row["pyrovae_ms"] > 0 and row["hand-written_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["pyrovae_ms"] / row["hand-written_ms"])
+    assert "| 8 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "0"])
