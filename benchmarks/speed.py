@@ -1,9 +1,11 @@
 """How fast is an SVI epoch? Six ways to train the same MNIST VAE, timed side by side.
 
     python benchmarks/speed.py --data-dir ../shared/data [--device cpu|cuda] [--epochs 1]
-                               [--batch-sizes 256 1024] [--json rows.json]
+                               [--batch-sizes 256 1024] [--arch relu400|iwae] [--json rows.json]
 
-Model (all variants): 784-400-50 MLP encoder and 50-400-784 decoder, ReLU, Bernoulli
+Model (all variants): an MLP encoder and decoder of ``--arch``: ``relu400`` (the default:
+784-400-50 encoder, 50-400-784 decoder, ReLU) or ``iwae`` (Burda et al.'s, as in
+``reproduce_iwae.py``: two hidden layers of 200 tanh units each way); Bernoulli
 likelihood, N(0, I) prior, one-sample Trace_ELBO, Adam lr 1e-3; MNIST binarised once with
 a fixed seed, the same data for every variant. Variants:
 
@@ -35,6 +37,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -47,7 +50,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.training import resolve_device  # noqa: E402
 
-HIDDEN, Z_DIM, LR, PIXELS = 400, 50, 1e-3, 784
+Z_DIM, LR, PIXELS = 50, 1e-3, 784
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Hidden layer widths and activation of the encoder and of the decoder."""
+
+    hidden: tuple[int, ...]
+    activation: str
+
+    def vae(self, device: torch.device) -> VAE:
+        return VAE((1, 28, 28), Z_DIM, self.hidden, activation=self.activation,
+                   likelihood="bernoulli").to(device)
+
+    def encoder_layers(self) -> list[tuple[int, int]]:
+        """(fan_in, fan_out) of each linear layer of the encoder (its last gives loc, raw)."""
+        widths = [PIXELS, *self.hidden, 2 * Z_DIM]
+        return list(zip(widths, widths[1:]))
+
+    def decoder_layers(self) -> list[tuple[int, int]]:
+        widths = [Z_DIM, *self.hidden, PIXELS]
+        return list(zip(widths, widths[1:]))
+
+
+ARCHS = {"relu400": Arch((400,), "relu"), "iwae": Arch((200, 200), "tanh")}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def sync(device: torch.device) -> None:
@@ -55,21 +83,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def mlp(layers: list[tuple[int, int]], activation: str) -> nn.Sequential:
+    """Linear layers with the activation between them (none after the last)."""
+    modules = []
+    for fan_in, fan_out in layers:
+        modules += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+    return nn.Sequential(*modules[:-1])
+
+
 class TorchVAE(nn.Module):
     """The same VAE by hand: one-sample ELBO with sampled KL, as Trace_ELBO computes it."""
 
-    def __init__(self):
+    def __init__(self, arch: Arch):
         super().__init__()
-        self.enc1, self.enc2 = nn.Linear(PIXELS, HIDDEN), nn.Linear(HIDDEN, 2 * Z_DIM)
-        self.dec1, self.dec2 = nn.Linear(Z_DIM, HIDDEN), nn.Linear(HIDDEN, PIXELS)
+        self.encoder = mlp(arch.encoder_layers(), arch.activation)
+        self.decoder = mlp(arch.decoder_layers(), arch.activation)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Negative ELBO summed over the batch; ``x`` of shape (B, 784), binary."""
-        loc, raw = self.enc2(F.relu(self.enc1(x))).chunk(2, dim=-1)
+        loc, raw = self.encoder(x).chunk(2, dim=-1)
         scale = F.softplus(raw) + 1e-5
         eps = torch.randn_like(loc)
         z = loc + scale * eps
-        logits = self.dec2(F.relu(self.dec1(z)))
+        logits = self.decoder(z)
         log_lik = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         log_prior_minus_q = (-0.5 * z.pow(2) + 0.5 * eps.pow(2) + scale.log()).sum(-1)
         return -(log_lik + log_prior_minus_q).sum()
@@ -124,10 +160,10 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state[1], device)
 
 
-def pyro_example(train, test, batch_size, device) -> Variant:
+def pyro_example(arch, train, test, batch_size, device) -> Variant:
     from torch.utils.data import DataLoader, TensorDataset
 
-    vae = VAE((1, 28, 28), Z_DIM, (HIDDEN,), likelihood="bernoulli").to(device)
+    vae = arch.vae(device)
     pyro.clear_param_store()
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": LR}),
                          pyro.infer.Trace_ELBO())
@@ -142,8 +178,8 @@ def pyro_example(train, test, batch_size, device) -> Variant:
 
 
 def pyrovae_variant(compile):
-    def setup(train, test, batch_size, device) -> Variant:
-        vae = VAE((1, 28, 28), Z_DIM, (HIDDEN,), likelihood="bernoulli").to(device)
+    def setup(arch, train, test, batch_size, device) -> Variant:
+        vae = arch.vae(device)
         trainer = Trainer(vae, "trace", lr=LR, compile=compile)
 
         def epoch():
@@ -155,8 +191,8 @@ def pyrovae_variant(compile):
 
 
 def torch_variant(graph: bool):
-    def setup(train, test, batch_size, device) -> Variant:
-        model = TorchVAE().to(device)
+    def setup(arch, train, test, batch_size, device) -> Variant:
+        model = TorchVAE(arch).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, capturable=graph)
         flat = train.reshape(len(train), -1)
         step = _torch_graph_step(model, optimizer, flat[:batch_size]) if graph else None
@@ -206,12 +242,11 @@ def _torch_graph_step(model, optimizer, example):
     return step
 
 
-def matmul_floor(train, test, batch_size, device) -> Variant:
+def matmul_floor(arch, train, test, batch_size, device) -> Variant:
     """The GEMMs of one step (forward, grad-input except layer 1, grad-weight), per batch."""
-    layers = [(PIXELS, HIDDEN), (HIDDEN, 2 * Z_DIM), (Z_DIM, HIDDEN), (HIDDEN, PIXELS)]
     b = batch_size
     mats = []
-    for i, (fan_in, fan_out) in enumerate(layers):
+    for i, (fan_in, fan_out) in enumerate(arch.encoder_layers() + arch.decoder_layers()):
         inp, weight, grad_out = (torch.randn(*s, device=device) for s in
                                  ((b, fan_in), (fan_in, fan_out), (b, fan_out)))
         mats.append((inp, weight))                    # forward
@@ -253,6 +288,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--arch", default="relu400", choices=ARCHS,
+                        help="relu400: 784-400-50 ReLU; iwae: 784-200-200-50 tanh")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N "
                         "training images (smoke tests)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
@@ -267,7 +304,7 @@ def main(argv=None) -> list[dict]:
         variants = {}
         for name in names:
             pyro.set_rng_seed(0)  # every variant starts from the same seed
-            variants[name] = VARIANTS[name](train, test, batch_size, device)
+            variants[name] = VARIANTS[name](ARCHS[args.arch], train, test, batch_size, device)
         times = {name: [] for name in names}
         peaks = dict.fromkeys(names, 0.0)
         for epoch in range(args.epochs):
@@ -285,7 +322,8 @@ def main(argv=None) -> list[dict]:
         for name in names:
             seconds = statistics.median(times[name])
             rows.append({
-                "variant": name, "device": device_name(device), "batch_size": batch_size,
+                "variant": name, "arch": args.arch, "device": device_name(device),
+                "batch_size": batch_size,
                 "epochs": args.epochs, "seconds_per_epoch": seconds,
                 "samples_per_second": (len(train) // batch_size) * batch_size / seconds,
                 "peak_mib": peaks[name] if device.type == "cuda" else None,
@@ -302,7 +340,7 @@ def main(argv=None) -> list[dict]:
 def print_table(rows: list[dict], device: torch.device) -> None:
     hand = "torch_graph" if device.type == "cuda" else "torch_eager"
     print(f"\ndevice: {rows[0]['device']}; torch {torch.__version__}, pyro {pyro.__version__}; "
-          f"{rows[0]['epochs']} epoch(s), median seconds per epoch")
+          f"arch {rows[0]['arch']}; {rows[0]['epochs']} epoch(s), median seconds per epoch")
     print(f"| variant | batch | s/epoch | samples/s | peak MiB | test ELBO | x faster than "
           f"pyro_example | time / {hand} | time / matmul_floor |")
     print("|---|---|---|---|---|---|---|---|---|")
