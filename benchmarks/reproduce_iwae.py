@@ -280,11 +280,12 @@ def main(argv=None) -> list[dict]:
     text = table(results)
     print(text)
     curves = {r["row"]: r["curve"] for r in results if r.get("curve")}
-    figures = [args.out / "curves.png"] + \
-        ([args.docs.parent / "images" / "iwae_curves.png"] if args.docs else [])
-    for figure in figures if curves else []:
-        plot_elbo_by_time(curves, figure)
-        print(f"figure: {figure}")
+    if curves:
+        figures = [args.out / "curves.png"] + \
+            ([args.docs.parent / "images" / "iwae_curves.png"] if args.docs else [])
+        for figure in figures:
+            plot_elbo_by_time(curves, figure)
+            print(f"figure: {figure}")
     if args.docs:
         write_docs(args.docs, text)
     return results
