@@ -49,9 +49,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset, log_likelihood  # noqa: E402
-from pyrovae.plots import plot_elbo_by_time  # noqa: E402
-from pyrovae.runs import atomic_write, environment, write_json  # noqa: E402
-from pyrovae.training import resolve_device  # noqa: E402
+from pyrovae.runs.folders import atomic_write, environment, write_json  # noqa: E402
+from pyrovae.runs.plots import plot_elbo_by_time  # noqa: E402
+from pyrovae.training.trainer import resolve_device  # noqa: E402
 
 HIDDEN, Z_DIM, ADAM_EPS = (200, 200), 50, 1e-4
 PAPER_BATCH, PAPER_STAGES = 20, 8

@@ -32,8 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyrovae import VAE, Trainer, distributed  # noqa: E402
-from pyrovae.training import resolve_device  # noqa: E402
+from pyrovae import VAE, Trainer  # noqa: E402
+from pyrovae.training import distributed  # noqa: E402
+from pyrovae.training.trainer import resolve_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

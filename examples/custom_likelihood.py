@@ -15,7 +15,7 @@ import json
 import pyro.distributions as dist
 
 from pyrovae import LIKELIHOODS, Likelihood, TrainConfig, train_run
-from pyrovae.cli import main as pyrovae_cli
+from pyrovae.runs.cli import main as pyrovae_cli
 
 
 @LIKELIHOODS.register("student_t")

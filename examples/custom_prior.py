@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 
 from pyrovae import PRIORS, VAE, Prior, Trainer, load_dataset
-from pyrovae.cli import main as pyrovae_cli
+from pyrovae.runs.cli import main as pyrovae_cli
 
 
 @PRIORS.register("student_t")

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from pyrovae import TrainConfig, train_run
-from pyrovae.conditioning import pack
-from pyrovae.cvae_runs import evaluate_cvae_run, load_cvae_data, load_cvae_run
-from pyrovae.runs import write_json
+from pyrovae.models.conditioning import pack
+from pyrovae.runs.cvae_job import evaluate_cvae_run, load_cvae_data, load_cvae_run
+from pyrovae.runs.folders import write_json
 
 
 def main(argv=None) -> dict:

@@ -10,7 +10,7 @@ import argparse
 import pyro
 
 from pyrovae import VAE, Trainer, load_dataset
-from pyrovae.plots import plot_samples
+from pyrovae.runs.plots import plot_samples
 
 
 def main(epochs: int = 30, out: str = "quickstart.png") -> float:

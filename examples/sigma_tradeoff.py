@@ -26,8 +26,8 @@ import pyro.poutine as poutine  # noqa: E402
 import torch  # noqa: E402
 
 from pyrovae import VAE, Trainer, kl_or_mc, load_dataset  # noqa: E402
-from pyrovae.likelihoods import GaussianLikelihood  # noqa: E402
-from pyrovae.plots import image_grid  # noqa: E402
+from pyrovae.components.likelihoods import GaussianLikelihood  # noqa: E402
+from pyrovae.runs.plots import image_grid  # noqa: E402
 
 SIGMAS = (0.03, 0.1, 0.3, 1.0)
 

@@ -19,8 +19,8 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from pyrovae import PRIORS, VAE, Trainer, build_estimator, evaluate_elbo, load_dataset  # noqa: E402
-from pyrovae.check_kl import kl_method  # noqa: E402
-from pyrovae.plots import image_grid  # noqa: E402
+from pyrovae.inference.check_kl import kl_method  # noqa: E402
+from pyrovae.runs.plots import image_grid  # noqa: E402
 
 
 def train_with_prior(name: str, data, epochs: int, z_dim: int) -> dict:

@@ -1,47 +1,23 @@
 """pyrovae: Doersch's variational autoencoder as a Pyro model and guide, trained by SVI.
 
-The public API, re-exported from the modules that own it::
+The public API, flat, re-exported from the layers that own it (bottom first)::
+
+    components   networks, priors, likelihoods, guides, flows, data sets, registries
+    models       VAE, CVAE, the linear-Gaussian reference, conditioning tasks
+    inference    estimators, KL, handlers, evaluation, check-kl and compare statistics
+    training     steppers, Trainer, callbacks, distributed, sync guard
+    runs         configs, run folders, checkpoints, jobs (model kinds), figures, CLI
 
     from pyrovae import VAE, Trainer, load_dataset, load_run
 """
 
 __version__ = "0.1.0"
 
-from pyrovae.check_kl import check_kl, run_check_kl
-from pyrovae.compare import EstimatorSpec, compare_estimators, run_compare
-from pyrovae.conditioning import CONDITIONS, Condition, build_condition
-from pyrovae.config import TrainConfig
-from pyrovae.cvae import CVAE, CVAE_PRIORS, PackedCVAE, Regressor
-from pyrovae.cvae_runs import evaluate_cvae_run, load_cvae_run
-from pyrovae.data import DATASETS, Dataset, DeviceBatches, binarize, load_dataset
-from pyrovae.estimators import (
-    ESTIMATORS,
-    AnalyticELBO,
-    Estimator,
-    EstimatorAxes,
-    MeanFieldELBO,
-    TraceELBO,
-    TraceGraphELBO,
-    build_estimator,
-)
-from pyrovae.evaluation import LogLikelihood, evaluate_elbo, log_likelihood
-from pyrovae.guides import GUIDES, DiagonalGuide, FlowGuide, Guide, build_guide
-from pyrovae.handlers import KLWeightMessenger, ScoreFunctionMessenger
-from pyrovae.iwae import IWAE, ImportanceWeighted, IWAEDReG, RenyiBound, renyi_bound
-from pyrovae.kl import (
-    KLEstimate,
-    PyroAnalyticELBO,
-    closed_form_kl,
-    kl_diag_normal,
-    kl_or_mc,
-    kl_standard_normal,
-)
-from pyrovae.likelihoods import LIKELIHOODS, Likelihood, build_likelihood
-from pyrovae.linear_gaussian import LinearGaussianVAE, make_linear_gaussian
-from pyrovae.model import VAE
-from pyrovae.networks import MLP, Decoder, Encoder
-from pyrovae.plugins import load_plugin, load_plugins
-from pyrovae.priors import (
+from pyrovae.components.data import DATASETS, Dataset, DeviceBatches, binarize, load_dataset
+from pyrovae.components.guides import GUIDES, DiagonalGuide, FlowGuide, Guide, build_guide
+from pyrovae.components.likelihoods import LIKELIHOODS, Likelihood, build_likelihood
+from pyrovae.components.networks import MLP, Decoder, Encoder
+from pyrovae.components.priors import (
     PRIORS,
     DiagonalNormal,
     FlowPrior,
@@ -51,10 +27,38 @@ from pyrovae.priors import (
     VampPrior,
     build_prior,
 )
-from pyrovae.registry import Registry
-from pyrovae.runs import build_vae, load_run, train_run
-from pyrovae.sync_guard import HostSyncError, SyncGuard
-from pyrovae.training import Trainer, resolve_device
+from pyrovae.components.registry import Registry
+from pyrovae.inference.check_kl import check_kl
+from pyrovae.inference.compare import EstimatorSpec, compare_estimators
+from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
+from pyrovae.inference.evaluation import LogLikelihood, evaluate_elbo, log_likelihood
+from pyrovae.inference.handlers import KLWeightMessenger, ScoreFunctionMessenger
+from pyrovae.inference.importance import IWAE, ImportanceWeighted, IWAEDReG, RenyiBound, renyi_bound
+from pyrovae.inference.kl import (
+    KLEstimate,
+    PyroAnalyticELBO,
+    closed_form_kl,
+    kl_diag_normal,
+    kl_or_mc,
+    kl_standard_normal,
+)
+from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.trace_elbo import AnalyticELBO, MeanFieldELBO, TraceELBO, TraceGraphELBO
+from pyrovae.models.conditioning import CONDITIONS, Condition, build_condition
+from pyrovae.models.cvae import CVAE, CVAE_PRIORS, PackedCVAE, Regressor
+from pyrovae.models.linear_gaussian import LinearGaussianVAE, make_linear_gaussian
+from pyrovae.models.vae import VAE
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.cvae_job import evaluate_cvae_run, load_cvae_run
+from pyrovae.runs.diagnostics import run_check_kl, run_compare
+from pyrovae.runs.job import JOBS, Job
+from pyrovae.runs.jobs import load_run
+from pyrovae.runs.plugins import load_plugin, load_plugins
+from pyrovae.runs.train import train_run
+from pyrovae.runs.vae_job import build_vae
+from pyrovae.training.callbacks import Callback, ProgressBar, StopOnSigint
+from pyrovae.training.sync_guard import HostSyncError, SyncGuard
+from pyrovae.training.trainer import Trainer, resolve_device
 
 __all__ = [
     "GUIDES", "DiagonalGuide", "DiagonalNormal", "FlowGuide", "FlowPrior", "Guide",
@@ -72,4 +76,5 @@ __all__ = [
     "TraceGraphELBO", "compare_estimators", "log_likelihood", "renyi_bound", "run_compare",
     "CONDITIONS", "CVAE", "CVAE_PRIORS", "Condition", "PackedCVAE", "Regressor",
     "build_condition", "evaluate_cvae_run", "load_cvae_run",
+    "Callback", "JOBS", "Job", "ModelGuidePair", "ProgressBar", "StopOnSigint",
 ]

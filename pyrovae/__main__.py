@@ -2,6 +2,6 @@
 
 import sys
 
-from pyrovae.cli import main
+from pyrovae.runs.cli import main
 
 sys.exit(main())

@@ -40,10 +40,10 @@ def shared_data_dir() -> Path:
 def linear_gaussian():
     """Probabilistic PCA as a float64 VAE with exact log p(x), posterior and ELBO.
 
-    Returns ``(vae, x)``: a :class:`pyrovae.linear_gaussian.LinearGaussianVAE` (data shape
+    Returns ``(vae, x)``: a :class:`pyrovae.models.linear_gaussian.LinearGaussianVAE` (data shape
     ``(1, 2, 3)``, z_dim 2, sigma 0.5, W with orthogonal columns) whose guide is random, not the
     posterior (``vae.set_posterior_guide_()`` makes it exact), and 8 data drawn from it.
     """
-    from pyrovae.linear_gaussian import make_linear_gaussian
+    from pyrovae.models.linear_gaussian import make_linear_gaussian
 
     return make_linear_gaussian(n=8, seed=0)

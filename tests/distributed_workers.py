@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyrovae import VAE, Trainer, distributed  # noqa: E402
+from pyrovae import VAE, Trainer  # noqa: E402
+from pyrovae.training import distributed  # noqa: E402
 
 SEED, EPOCHS, GLOBAL_BATCH, LR = 3, 2, 16, 1e-2
 

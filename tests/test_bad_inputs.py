@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
-from pyrovae.cli import main
-from pyrovae.data import DATASETS, Dataset, load_dataset
+from pyrovae.components.data import DATASETS, Dataset, load_dataset
+from pyrovae.runs.cli import main
 
 SMALL = ["--epochs", "1", "--hidden", "16", "--batch-size", "100", "--quiet"]
 

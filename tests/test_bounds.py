@@ -12,12 +12,12 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.check_kl import Moments, parameter_groups, student_t_quantile
-from pyrovae.estimators import ESTIMATORS, build_estimator
-from pyrovae.iwae import log_weights, particles_first, renyi_bound
-from pyrovae.model import VAE
-from pyrovae.sync_guard import SyncGuard
-from pyrovae.training import FastStepper
+from pyrovae.inference.estimators import ESTIMATORS, build_estimator
+from pyrovae.inference.importance import log_weights, particles_first, renyi_bound
+from pyrovae.inference.statistics import Moments, parameter_groups, student_t_quantile
+from pyrovae.models.vae import VAE
+from pyrovae.training.sync_guard import SyncGuard
+from pyrovae.training.trainer import FastStepper
 
 Z_LIMIT = 4.5
 DRAWS = 200

@@ -1,6 +1,6 @@
 """``pyrovae check-kl``: agrees on correct models, catches a wrong closed form, exit codes.
 
-The command's own tolerance (see ``pyrovae.check_kl.RULE``) is used as is, with alpha =
+The command's own tolerance (see ``pyrovae.inference.check_kl.RULE``) is used as is, with alpha =
 1e-3 per check and fixed seeds: a correct model would fail with probability <= 2e-3 per run
 when the per-draw differences are normal. The wrong closed forms below are caught by a wide
 margin (measured: value |z| = 53 against a limit of 3.5; gradient max |z| = 32 against 6.4),
@@ -12,12 +12,13 @@ import json
 import pyro
 import pytest
 
-from pyrovae import kl
-from pyrovae.check_kl import check_kl, student_t_quantile
-from pyrovae.cli import main
-from pyrovae.data import binarize, load_dataset
-from pyrovae.model import VAE
-from pyrovae.training import Trainer
+from pyrovae.components.data import binarize, load_dataset
+from pyrovae.inference import kl
+from pyrovae.inference.check_kl import check_kl
+from pyrovae.inference.statistics import student_t_quantile
+from pyrovae.models.vae import VAE
+from pyrovae.runs.cli import main
+from pyrovae.training.trainer import Trainer
 
 QUICK = ["--draws", "60", "--batch-size", "16"]
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from pyrovae.cli import main
-from pyrovae.data import DATASETS, Dataset, load_dataset
+from pyrovae.components.data import DATASETS, Dataset, load_dataset
+from pyrovae.runs.cli import main
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "100", "--quiet"]
 
@@ -108,7 +108,7 @@ def test_console_entry_point_help_lists_every_flag():
 def test_sampled_images_are_decoder_means_in_range(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), *FAST]) == 0
-    from pyrovae.runs import load_run
+    from pyrovae.runs.jobs import load_run
 
     vae, _ = load_run(run)
     images = vae.sample(4)

@@ -7,18 +7,18 @@ import re
 
 import pytest
 
-from pyrovae.cli import main
-from pyrovae.compare import (
+from pyrovae.inference.compare import (
     AXIS_COLUMNS,
     EstimatorSpec,
     compare_estimators,
     default_specs,
     format_table,
 )
-from pyrovae.config import TrainConfig
-from pyrovae.estimators import ESTIMATORS
-from pyrovae.model import VAE
-from pyrovae.runs import train_run
+from pyrovae.inference.estimators import ESTIMATORS
+from pyrovae.models.vae import VAE
+from pyrovae.runs.cli import main
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.train import train_run
 
 
 @pytest.fixture(scope="module")

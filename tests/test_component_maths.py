@@ -18,16 +18,16 @@ import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from scipy import special, stats
 
-from pyrovae.check_kl import kl_method
-from pyrovae.data import load_dataset
-from pyrovae.estimators import build_estimator
-from pyrovae.flows import flow_step, made
-from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS, build_likelihood
-from pyrovae.model import VAE
-from pyrovae.priors import PRIORS
-from pyrovae.sync_guard import HostSyncError, SyncGuard
-from pyrovae.training import Trainer
+from pyrovae.components.data import load_dataset
+from pyrovae.components.flows import flow_step, made
+from pyrovae.components.guides import GUIDES
+from pyrovae.components.likelihoods import LIKELIHOODS, build_likelihood
+from pyrovae.components.priors import PRIORS
+from pyrovae.inference.check_kl import kl_method
+from pyrovae.inference.estimators import build_estimator
+from pyrovae.models.vae import VAE
+from pyrovae.training.sync_guard import HostSyncError, SyncGuard
+from pyrovae.training.trainer import Trainer
 
 Z_LIMIT = 4.5
 

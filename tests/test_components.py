@@ -12,14 +12,14 @@ import pytest
 import torch
 from pyro.util import check_model_guide_match
 
-from pyrovae.estimators import ESTIMATORS, build_estimator
-from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS, build_likelihood
-from pyrovae.model import VAE
-from pyrovae.priors import PRIORS
-from pyrovae.steppers import FastStepper
-from pyrovae.sync_guard import SyncGuard
-from pyrovae.training import Trainer
+from pyrovae.components.guides import GUIDES
+from pyrovae.components.likelihoods import LIKELIHOODS, build_likelihood
+from pyrovae.components.priors import PRIORS
+from pyrovae.inference.estimators import ESTIMATORS, build_estimator
+from pyrovae.models.vae import VAE
+from pyrovae.training.steppers import FastStepper
+from pyrovae.training.sync_guard import SyncGuard
+from pyrovae.training.trainer import Trainer
 
 SHAPE = (1, 4, 4)
 

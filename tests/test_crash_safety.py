@@ -11,8 +11,9 @@ import time
 import pytest
 import torch
 
-from pyrovae.config import TrainConfig
-from pyrovae.runs import load_checkpoint, train_run
+from pyrovae.runs.checkpoints import load_checkpoint
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.train import train_run
 
 CONFIG = TrainConfig(epochs=40, hidden=[16], batch_size=100)
 FLAGS = ["--epochs", "40", "--hidden", "16", "--batch-size", "100", "--quiet"]

@@ -11,14 +11,21 @@ import torch
 from pyro import poutine
 from pyro.util import check_model_guide_match
 
-from pyrovae.conditioning import CONDITIONS, build_condition, pack, unpack
-from pyrovae.cvae import CVAE, CVAE_PRIORS, PackedCVAE, Regressor, fit_regressor, regressor_nll
-from pyrovae.data import load_dataset
-from pyrovae.estimators import build_estimator
-from pyrovae.kl import closed_form_kl, monte_carlo_kl
-from pyrovae.steppers import FastStepper
-from pyrovae.sync_guard import SyncGuard
-from pyrovae.training import Trainer
+from pyrovae.components.data import load_dataset
+from pyrovae.inference.estimators import build_estimator
+from pyrovae.inference.kl import closed_form_kl, monte_carlo_kl
+from pyrovae.models.conditioning import CONDITIONS, build_condition, pack, unpack
+from pyrovae.models.cvae import (
+    CVAE,
+    CVAE_PRIORS,
+    PackedCVAE,
+    Regressor,
+    fit_regressor,
+    regressor_nll,
+)
+from pyrovae.training.steppers import FastStepper
+from pyrovae.training.sync_guard import SyncGuard
+from pyrovae.training.trainer import Trainer
 
 PIXEL_TASKS = ("quadrant", "half")
 
@@ -210,7 +217,7 @@ def test_baseline_nll_is_exact_and_trained(trained):
                                  dict(model="cvae", condition="half", prior="mixture"),
                                  dict(model="gan")])
 def test_config_refuses_bad_model_options(bad):
-    from pyrovae.config import TrainConfig
+    from pyrovae.runs.config import TrainConfig
 
     with pytest.raises(ValueError, match=r"model|condition|cvae|needs"):
         TrainConfig(**bad).validate()

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pyrovae.cli import main
+from pyrovae.runs.cli import main
 
 FAST = ["--model", "cvae", "--likelihood", "bernoulli", "--binarize", "static",
         "--hidden", "16", "--z-dim", "2", "--batch-size", "100", "--quiet"]

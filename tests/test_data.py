@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from pyrovae.data import DATASETS, DeviceBatches, binarize, check_images, load_dataset
+from pyrovae.components.data import DATASETS, DeviceBatches, binarize, check_images, load_dataset
 
 
 def test_digits_is_bundled_scaled_and_split_by_a_fixed_seed():

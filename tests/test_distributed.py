@@ -13,8 +13,8 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import distributed
-from pyrovae.data import DeviceBatches
+from pyrovae.components.data import DeviceBatches
+from pyrovae.training import distributed
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_workers as workers  # noqa: E402
@@ -52,7 +52,7 @@ def reference_run(world: int) -> tuple[list[torch.Tensor], list[torch.Tensor], l
     """One process doing what the ranks do together: per step, each virtual rank draws its
     batch and noise from its own RNG stream; their gradients are summed; one Adam step."""
     data, vae = workers.tiny_setup()
-    from pyrovae.estimators import build_estimator
+    from pyrovae.inference.estimators import build_estimator
 
     estimator = build_estimator("trace")
     params = list(vae.parameters())

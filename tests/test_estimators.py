@@ -5,10 +5,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrovae.estimators import ESTIMATORS, build_estimator
-from pyrovae.model import VAE
-from pyrovae.sync_guard import HostSyncError, SyncGuard
-from pyrovae.training import FastStepper, Trainer
+from pyrovae.inference.estimators import ESTIMATORS, build_estimator
+from pyrovae.models.vae import VAE
+from pyrovae.training.sync_guard import HostSyncError, SyncGuard
+from pyrovae.training.trainer import FastStepper, Trainer
 
 
 def grads_of(vae):

@@ -8,13 +8,13 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyrovae.cli import main
-from pyrovae.config import TrainConfig
-from pyrovae.estimators import ESTIMATORS, build_estimator
-from pyrovae.evaluation import evaluate_elbo
-from pyrovae.handlers import ScoreFunctionMessenger
-from pyrovae.model import VAE
-from pyrovae.training import Trainer
+from pyrovae.inference.estimators import ESTIMATORS, build_estimator
+from pyrovae.inference.evaluation import evaluate_elbo
+from pyrovae.inference.handlers import ScoreFunctionMessenger
+from pyrovae.models.vae import VAE
+from pyrovae.runs.cli import main
+from pyrovae.runs.config import TrainConfig
+from pyrovae.training.trainer import Trainer
 
 SHAPE = (1, 4, 4)
 
@@ -157,7 +157,7 @@ def test_config_round_trip_keeps_the_estimator_fields():
 
 def test_a_score_function_estimator_is_kept_out_of_cuda_graphs(tiny_images):
     """The capture check looks at the guide as the estimator runs it (through its handlers)."""
-    from pyrovae.steppers import graph_capturable
+    from pyrovae.training.steppers import graph_capturable
 
     vae, x = tiny_vae(), tiny_images[1][:4]
     cuda = torch.device("cuda")  # only its type is read before the guide is traced

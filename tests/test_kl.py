@@ -17,10 +17,10 @@ import torch
 from torch.distributions import Independent, LowRankMultivariateNormal, MultivariateNormal
 from torch.distributions.kl import _KL_REGISTRY
 
-from pyrovae import kl
-from pyrovae.estimators import build_estimator
-from pyrovae.model import VAE
-from pyrovae.priors import Prior
+from pyrovae.components.priors import Prior
+from pyrovae.inference import kl
+from pyrovae.inference.estimators import build_estimator
+from pyrovae.models.vae import VAE
 
 Z_LIMIT = 4.5
 DRAWS = 20_000

@@ -1,4 +1,4 @@
-"""Ground truth: probabilistic PCA (pyrovae.linear_gaussian), where log p(x) is exact.
+"""Ground truth: probabilistic PCA (pyrovae.models.linear_gaussian), where log p(x) is exact.
 
 With the exact posterior as guide every estimator equals log p(x); with a worse guide each is
 below it by exactly D[Q || p(z|x)]; in value and in gradient. Monte-Carlo means over N = 400
@@ -12,8 +12,9 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.check_kl import parameter_groups, shared_draws, student_t_quantile
-from pyrovae.linear_gaussian import make_linear_gaussian
+from pyrovae.inference.check_kl import shared_draws
+from pyrovae.inference.statistics import parameter_groups, student_t_quantile
+from pyrovae.models.linear_gaussian import make_linear_gaussian
 
 NAMES = ("analytic", "trace", "meanfield")
 DRAWS = 400
@@ -102,7 +103,7 @@ def test_training_the_guide_with_the_analytic_elbo_closes_the_gap():
     """200 Adam steps on the guide alone close 90% of the gap between the ELBO and log p(x)
     (the rest is the noise floor of one-draw steps; measured: 97%), and the SVI stepper
     (``PyroAnalyticELBO``) trains exactly as the sync-free fast stepper does."""
-    from pyrovae.training import Trainer
+    from pyrovae.training.trainer import Trainer
 
     gaps = {}
     for stepper in ("fast", "svi"):

@@ -1,4 +1,4 @@
-"""log P(X) estimators (pyrovae.evaluation) against the linear-Gaussian ground truth.
+"""log P(X) estimators (pyrovae.inference.evaluation) against the linear-Gaussian ground truth.
 
 Monte-Carlo checks use z = difference / s.e. and fail when |z| > Z_LIMIT = 4.5: a two-sided
 false-failure rate of 6.8e-6 per comparison for normal means (the s.e. below come from
@@ -15,9 +15,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from pyrovae.evaluation import log_likelihood
-from pyrovae.handlers import KLWeightMessenger
-from pyrovae.linear_gaussian import make_linear_gaussian
+from pyrovae.inference.evaluation import log_likelihood
+from pyrovae.inference.handlers import KLWeightMessenger
+from pyrovae.models.linear_gaussian import make_linear_gaussian
 
 Z_LIMIT = 4.5
 

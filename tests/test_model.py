@@ -7,8 +7,8 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match
 
-from pyrovae.likelihoods import LIKELIHOODS
-from pyrovae.model import VAE
+from pyrovae.components.likelihoods import LIKELIHOODS
+from pyrovae.models.vae import VAE
 
 
 def traces(vae, x):

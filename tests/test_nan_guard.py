@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 
-from pyrovae.config import TrainConfig
-from pyrovae.estimators import TraceELBO
-from pyrovae.evaluation import evaluate_elbo
-from pyrovae.model import VAE
-from pyrovae.runs import load_run, train_run
-from pyrovae.sync_guard import SyncGuard
-from pyrovae.training import NonFiniteLossError, Trainer
+from pyrovae.inference.evaluation import evaluate_elbo
+from pyrovae.inference.trace_elbo import TraceELBO
+from pyrovae.models.vae import VAE
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.jobs import load_run
+from pyrovae.runs.train import train_run
+from pyrovae.training.sync_guard import SyncGuard
+from pyrovae.training.trainer import NonFiniteLossError, Trainer
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_stop_names_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, 
                          "steps": 4, "action": "stopped"}
     vae, _ = load_run(run)
     assert all(torch.isfinite(p).all() for p in vae.parameters())
-    from pyrovae.data import load_dataset
+    from pyrovae.components.data import load_dataset
 
     elbo = evaluate_elbo(vae, load_dataset("digits").test_x)
     assert elbo == pytest.approx(lines[1]["test_elbo"], abs=5)  # the epoch-2 model

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pyrovae.cli import main
-from pyrovae.guides import GUIDES
-from pyrovae.likelihoods import LIKELIHOODS
-from pyrovae.plugins import load_plugin, plugins_in_argv
-from pyrovae.priors import PRIORS
+from pyrovae.components.guides import GUIDES
+from pyrovae.components.likelihoods import LIKELIHOODS
+from pyrovae.components.priors import PRIORS
+from pyrovae.runs.cli import main
+from pyrovae.runs.plugins import load_plugin, plugins_in_argv
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "100", "--quiet"]
 PLUGIN = textwrap.dedent('''

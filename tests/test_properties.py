@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyrovae.likelihoods import LIKELIHOODS, build_likelihood
-from pyrovae.model import VAE
-from pyrovae.priors import PRIORS
+from pyrovae.components.likelihoods import LIKELIHOODS, build_likelihood
+from pyrovae.components.priors import PRIORS
+from pyrovae.models.vae import VAE
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=2).map(tuple)

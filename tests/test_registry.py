@@ -1,6 +1,6 @@
 import pytest
 
-from pyrovae.registry import Registry
+from pyrovae.components.registry import Registry
 
 
 def test_register_get_and_names():

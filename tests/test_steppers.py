@@ -7,10 +7,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrovae.estimators import build_estimator
-from pyrovae.model import VAE
-from pyrovae.steppers import graph_capturable
-from pyrovae.training import Trainer
+from pyrovae.inference.estimators import build_estimator
+from pyrovae.models.vae import VAE
+from pyrovae.training.steppers import graph_capturable
+from pyrovae.training.trainer import Trainer
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,7 +31,7 @@ class _NoRsample(dist.Normal):
 def test_auto_is_eager_on_the_cpu_and_graph_is_refused(tiny_images, caplog):
     grey, _ = tiny_images
     vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
-    with caplog.at_level(logging.INFO, logger="pyrovae.training"):
+    with caplog.at_level(logging.INFO, logger="pyrovae.training.trainer"):
         Trainer(vae, compile="auto").fit(grey, epochs=1, batch_size=8, progress=False)
     assert "eager training: device is cpu" in caplog.text
     with pytest.raises(ValueError, match="compile='graph' is not possible here: device is cpu"):
@@ -60,7 +60,7 @@ def test_capturability_check_leaves_the_rng_alone(tiny_images):
 
 
 def train_on_cuda(compile, epochs=15, seed=0):
-    from pyrovae.data import load_dataset
+    from pyrovae.components.data import load_dataset
 
     data = load_dataset("digits").to("cuda")
     pyro.set_rng_seed(seed)
@@ -96,7 +96,7 @@ def test_graph_replays_draw_fresh_noise():
 
 @cuda
 def test_cuda_step_has_no_host_sync_including_adam():
-    from pyrovae.sync_guard import SyncGuard
+    from pyrovae.training.sync_guard import SyncGuard
 
     trainer = train_on_cuda("none", epochs=1)
     x = torch.rand(64, 1, 8, 8, device="cuda")

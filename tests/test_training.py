@@ -7,11 +7,13 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.config import TrainConfig
-from pyrovae.data import load_dataset
-from pyrovae.model import VAE
-from pyrovae.runs import load_checkpoint, load_run, train_run
-from pyrovae.training import Trainer
+from pyrovae.components.data import load_dataset
+from pyrovae.models.vae import VAE
+from pyrovae.runs.checkpoints import load_checkpoint
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.jobs import load_run
+from pyrovae.runs.train import train_run
+from pyrovae.training.trainer import Trainer
 
 
 def test_a_few_epochs_on_digits_raise_the_test_elbo_by_a_clear_margin():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.registry import Registry
+from pyrovae.components.registry import Registry
 
 ACTIVATIONS: Registry = Registry("activation")
 ACTIVATIONS.register("relu", nn.ReLU)

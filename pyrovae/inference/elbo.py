@@ -1,4 +1,4 @@
-"""ELBO estimators by name: each turns (model, guide, batch) into a loss.
+"""The estimator base class: each estimator turns (model, guide, batch) into a loss.
 
 An :class:`Estimator` trains the same model/guide pair two ways: ``pyro_elbo()``, a
 ``pyro.infer.ELBO`` for the reference stepper (``pyro.infer.SVI``), and
@@ -11,16 +11,17 @@ convention): divide by the batch size for nats per datum.
 
 Each class states its place on the axes of a variational loss as data, an
 :class:`EstimatorAxes` in ``AXES`` (an instance's ``axes`` fills in K, alpha, the gradient);
-comparison tables (:mod:`pyrovae.compare`) are generated from it. Two switches act on any
-model/guide through Pyro effect handlers (:mod:`pyrovae.handlers`), never through the model:
+comparison tables (:mod:`pyrovae.inference.compare`) are generated from it. Two switches act on any
+model/guide through Pyro effect handlers (:mod:`pyrovae.inference.handlers`), never through the
+model:
 ``score_function=True`` (the guide's draws are not reparameterised; refused where the
 gradient needs the path: ``supports_score_function = False``) and :meth:`set_kl_weight`
 (beta times every latent site's log-density: the beta-VAE objective, KL warm-up).
 
-Registered here: ``trace`` (Pyro's ``Trace_ELBO``), ``tracegraph`` (``TraceGraph_ELBO``),
-``meanfield`` (``TraceMeanField_ELBO``: the KL from torch's registry) and ``analytic``
-(pyrovae's analytic-KL ELBO, :mod:`pyrovae.kl`); in :mod:`pyrovae.iwae`: ``renyi``, ``iwae``
-and ``iwae_dreg``. New estimators plug in by registering a name in :data:`ESTIMATORS`.
+The families register their names in :data:`ESTIMATORS`: ``trace``, ``tracegraph``,
+``meanfield`` and ``analytic`` in :mod:`pyrovae.inference.trace_elbo`; ``renyi``, ``iwae``
+and ``iwae_dreg`` in :mod:`pyrovae.inference.importance`. :mod:`pyrovae.inference.estimators`
+imports them all. New estimators plug in by registering a name in :data:`ESTIMATORS`.
 """
 
 from __future__ import annotations
@@ -33,13 +34,9 @@ from dataclasses import dataclass
 
 import pyro.infer
 import torch
-from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.tracegraph_elbo import _compute_elbo
-from pyro.infer.util import is_identically_zero
 
-from pyrovae.handlers import HandledELBO, KLWeightMessenger, ScoreFunctionMessenger
-from pyrovae.kl import PyroAnalyticELBO, analytic_particle_elbo, closed_form_kl
-from pyrovae.registry import Registry
+from pyrovae.components.registry import Registry
+from pyrovae.inference.handlers import HandledELBO, KLWeightMessenger, ScoreFunctionMessenger
 
 ESTIMATORS: Registry = Registry("estimator")
 
@@ -207,113 +204,6 @@ def surrogate_value(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tenso
     return value.detach() + (surrogate - surrogate.detach())
 
 
-@ESTIMATORS.register("trace")
-class TraceELBO(Estimator):
-    """Pyro's ``Trace_ELBO``: ELBO = E_Q[log P(X, z) - log Q(z|X)], all terms sampled.
-
-    Gradients are pathwise for reparameterised guide sites and score-function (with Pyro's
-    partial Rao-Blackwellisation over plates) otherwise: the same maths as
-    ``Trace_ELBO._differentiable_loss_particle``, without its ``torch_item`` calls.
-    """
-
-    pyro_class = pyro.infer.Trace_ELBO
-
-    def particle_elbo(self, model_trace, guide_trace):
-        elbo = 0.0
-        surrogate = 0.0
-        log_r = None
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"]
-                surrogate = surrogate + site["log_prob_sum"]
-        for site in guide_trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            _log_prob, score_function_term, entropy_term = site["score_parts"]
-            elbo = elbo - site["log_prob_sum"]
-            if not is_identically_zero(entropy_term):
-                surrogate = surrogate - entropy_term.sum()
-            if not is_identically_zero(score_function_term):
-                if log_r is None:
-                    log_r = _compute_log_r(model_trace, guide_trace)
-                term = log_r.sum_to(site["cond_indep_stack"])
-                surrogate = surrogate + (term * score_function_term).sum()
-        return elbo, surrogate
-
-
-@ESTIMATORS.register("tracegraph")
-class TraceGraphELBO(Estimator):
-    """Pyro's ``TraceGraph_ELBO``: the ELBO, with the score-function term of each
-    non-reparameterised site multiplied only by the costs downstream of it in the dependency
-    graph (provenance tracking), plus any baselines its ``infer`` dict asks for.
-
-    Pyro 1.9.2 offers it only through ``loss_and_grads``; the sync-free loss here is Pyro's
-    own ``_compute_elbo`` (tensors, no ``torch_item``). For a reparameterised guide it equals
-    ``trace`` in value and gradient.
-    """
-
-    pyro_class = pyro.infer.TraceGraph_ELBO
-    AXES = EstimatorAxes(rao_blackwell="dependency graph")
-
-    def particle_elbo(self, model_trace, guide_trace):
-        elbo, surrogate_loss = _compute_elbo(model_trace, guide_trace)
-        return elbo, -surrogate_loss
-
-
-@ESTIMATORS.register("meanfield")
-class MeanFieldELBO(Estimator):
-    """Pyro's ``TraceMeanField_ELBO``: ELBO = E_Q[log P(X|z)] - D[Q(z|X) || P(z)].
-
-    The KL of each latent site comes from ``torch.distributions.kl_divergence`` (torch's and
-    Pyro's registered pairs), falling back to the sampled ``log q - log p`` where no pair is
-    registered; the reconstruction term is sampled with the guide's reparameterised draw.
-    The same maths as ``TraceMeanField_ELBO._differentiable_loss_particle``, without its
-    ``torch_item`` (see :func:`pyrovae.kl.analytic_particle_elbo`).
-    """
-
-    pyro_class = pyro.infer.TraceMeanField_ELBO
-    AXES = EstimatorAxes(kl="analytic", rao_blackwell="none")
-    supports_score_function = False
-
-    def kl(self, q, p) -> torch.Tensor:
-        """D[q || p] in closed form; ``NotImplementedError`` when there is none."""
-        return torch.distributions.kl_divergence(q, p)
-
-    def particle_elbo(self, model_trace, guide_trace):
-        elbo = analytic_particle_elbo(model_trace, guide_trace, self.kl)
-        return elbo, elbo  # every term is pathwise: the value is its own surrogate
-
-
-@ESTIMATORS.register("analytic")
-class AnalyticELBO(MeanFieldELBO):
-    """pyrovae's analytic-KL ELBO (Doersch's eq. 7): ``meanfield`` with pyrovae's own KL.
-
-    Diagonal-Gaussian pairs go through :func:`pyrovae.kl.kl_diag_normal`, other pairs
-    through the registry (:func:`pyrovae.kl.closed_form_kl`). For SVI it offers
-    :class:`pyrovae.kl.PyroAnalyticELBO`. For the VAE it is the same estimator as
-    ``meanfield``, by an independent implementation of the KL: tests hold the two equal to
-    float precision on a shared draw, and ``pyrovae check-kl`` checks it against ``trace``.
-    """
-
-    pyro_class = PyroAnalyticELBO
-
-    def kl(self, q, p) -> torch.Tensor:
-        return closed_form_kl(q, p)
-
-
 def score_function_estimators() -> list[str]:
     """The registered estimators that accept ``score_function=True``."""
     return [n for n in ESTIMATORS.names() if ESTIMATORS.get(n).supports_score_function]
-
-
-def build_estimator(name: str, num_particles: int = 1, **options) -> Estimator:
-    """Instantiate the estimator registered as ``name``.
-
-    ``options`` (``alpha``, ``score_function``, ...) go to the constructor; those it does not
-    declare are ignored, so one config can hold every estimator's options. ``alpha`` only
-    reaches the Renyi estimator, for instance.
-    """
-    return ESTIMATORS.build(name, num_particles=num_particles, **options)
-
-
-from pyrovae import iwae  # noqa: E402,F401  (registers renyi, iwae and iwae_dreg)

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyrovae.conditioning import CONDITIONS
-from pyrovae.cvae import CVAE_PRIORS
-from pyrovae.data import BINARIZE_MODES, DATASETS
-from pyrovae.estimators import ESTIMATORS, Estimator, build_estimator
-from pyrovae.guides import GUIDES
-from pyrovae.iwae import check_alpha
-from pyrovae.likelihoods import LIKELIHOODS
-from pyrovae.networks import ACTIVATIONS
-from pyrovae.plugins import load_plugins
-from pyrovae.priors import PRIORS
-from pyrovae.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
-from pyrovae.training import check_kl_weight
+from pyrovae.models.conditioning import CONDITIONS
+from pyrovae.models.cvae import CVAE_PRIORS
+from pyrovae.components.data import BINARIZE_MODES, DATASETS
+from pyrovae.inference.estimators import ESTIMATORS, Estimator, build_estimator
+from pyrovae.components.guides import GUIDES
+from pyrovae.inference.importance import check_alpha
+from pyrovae.components.likelihoods import LIKELIHOODS
+from pyrovae.components.networks import ACTIVATIONS
+from pyrovae.runs.plugins import load_plugins
+from pyrovae.components.priors import PRIORS
+from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
+from pyrovae.training.trainer import check_kl_weight
 
 MODELS = ("vae", "cvae")
 
@@ -87,7 +87,7 @@ class TrainConfig:
     dist_timeout: float = _f(600.0, "under torchrun: seconds a rank waits for the others in "
                              "a collective before it fails (a dead rank stops the rest)")
     plugin: list[str] = _f([], "modules (names or .py paths) to import first: they register "
-                           "their own priors, likelihoods, guides (see pyrovae.plugins)")
+                           "their own priors, likelihoods, guides (see pyrovae.runs.plugins)")
     model: str = _f("vae", "vae: P(X) with a latent; cvae: the conditional VAE P(Y|X) of "
                     "--condition (with its deterministic baseline)", choices=lambda: list(MODELS))
     condition: str | None = _f(None, "cvae task: quadrant (X one quadrant, Y the other "

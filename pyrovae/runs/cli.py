@@ -1,6 +1,6 @@
 """The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``, ``compare``.
 
-``train``'s flags are generated from :class:`pyrovae.config.TrainConfig` (one flag per field,
+``train``'s flags are generated from :class:`pyrovae.runs.config.TrainConfig` (one flag per field,
 its help from the field's metadata). Bad input prints one line naming the argument, the value
 seen and what is allowed, and exits with status 2; nothing is written.
 """
@@ -12,10 +12,11 @@ import dataclasses
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
-from pyrovae.config import CONFIG_FIELDS, TrainConfig
-from pyrovae.distributed import RankFailure
+from pyrovae.runs.config import CONFIG_FIELDS, TrainConfig
+from pyrovae.training.distributed import RankFailure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
     for name, f in CONFIG_FIELDS.items():
         flag = "--" + name.replace("_", "-")
         help_text = f.metadata["help"]
@@ -33,13 +35,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             help_text += f" {{{', '.join(f.metadata['choices']())}}}"
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text += f" (default: {default})"
-        kind = str(f.type)
-        if kind == "bool":
+        kind = hints[name]
+        if kind is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
             continue
-        base = {"int": int, "float": float}.get(kind.split(" ")[0].removeprefix("list["
-                                                 ).removesuffix("]"), str)
-        extra = {"nargs": "+"} if kind.startswith("list") else {}
+        element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+        element = next((t for t in typing.get_args(element) if t is not type(None)), element)
+        base = element if element in (int, float) else str
+        extra = {"nargs": "+"} if typing.get_origin(kind) is list else {}
         parser.add_argument(flag, type=base, default=None, help=help_text,
                             metavar=name.upper(), **extra)
 
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     compare.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
-    from pyrovae.check_kl import RULE
+    from pyrovae.inference.check_kl import RULE
 
     check = commands.add_parser(
         "check-kl", help="check the analytic-KL ELBO against Monte-Carlo Trace_ELBO",
@@ -153,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args) -> int:
-    from pyrovae.runs import train_run
+    from pyrovae.runs.train import train_run
 
     config = config_from_args(args)
     run_dir = train_run(config, args.out, resume=args.resume, force=args.force,
@@ -166,27 +169,19 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    import torch
+    from pyrovae.runs.jobs import job_for_run
 
-    from pyrovae.plots import plot_samples
-    from pyrovae.runs import load_run
-
-    if _is_cvae_run(args.run_dir):
-        return _sample_cvae(args)
-    if args.given is not None:
-        raise ValueError(f"--given completes inputs of a cvae run; {args.run_dir} holds a vae")
-    args.n = 64 if args.n is None else args.n
-    if args.n < 1:
-        raise ValueError(f"-n must be >= 1, got {args.n}")
-    vae, _config = load_run(args.run_dir)
-    torch.manual_seed(args.seed)
-    path = plot_samples(vae, args.out or args.run_dir / "figures" / "samples.png", n=args.n)
-    print(f"wrote {args.n} samples to {path}")
+    job = job_for_run(args.run_dir)
+    print(job.sample(args.run_dir, n=args.n, out=args.out, seed=args.seed, given=args.given,
+                     rows=args.rows))
     return 0
 
 
 def _evaluate(args) -> int:
-    from pyrovae import distributed
+    from pyrovae.runs.folders import write_json
+    from pyrovae.runs.jobs import job_for_run
+    from pyrovae.training import distributed
+    from pyrovae.training.trainer import resolve_device
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -194,16 +189,12 @@ def _evaluate(args) -> int:
         raise ValueError(f"--nll-samples must be >= 0 and --chunk >= 1, got "
                          f"{args.nll_samples} and {args.chunk}")
     ctx = distributed.from_environment()
-    if _is_cvae_run(args.run_dir):
-        if ctx.enabled:
-            raise ValueError("evaluate a cvae run in one process (not under torchrun)")
-        return _evaluate_cvae(args)
-    from pyrovae.training import resolve_device
-
     device = distributed.device_for(ctx, resolve_device(args.device))
+    job = job_for_run(args.run_dir, device)
     created = distributed.init(ctx, device, timeout_s=args.dist_timeout)
     try:
-        return _evaluate_vae(args, ctx, device)
+        result = job.evaluate(args.run_dir, args.batch_size, args.nll_samples, args.chunk,
+                              args.limit, args.seed, ctx)
     except RuntimeError as error:
         if not ctx.enabled:
             raise
@@ -212,95 +203,15 @@ def _evaluate(args) -> int:
         raise RankFailure(ctx, args.dist_timeout, error) from error
     finally:
         distributed.shutdown(created)
-
-
-def _evaluate_vae(args, ctx, device) -> int:
-    """Test ELBO (and IS-k NLL) of a VAE run; under torchrun each rank takes every W-th test
-    image and rank 0 writes the result over all of them."""
-    import pyro
-
-    from pyrovae import distributed
-    from pyrovae.data import load_dataset
-    from pyrovae.evaluation import evaluate_elbo, nll_report
-    from pyrovae.runs import load_run, prepare_data, write_json
-
-    vae, config = load_run(args.run_dir, str(device))
-    data = load_dataset(config.dataset, config.data_dir, download=False)
-    data = prepare_data(config, vae, data, vae.device)
-    if args.limit is not None:
-        if not 1 <= args.limit <= len(data.test_x):
-            raise ValueError(f"--limit must be in [1, {len(data.test_x)}] (the test set), "
-                             f"got {args.limit}")
-        data.test_x = data.test_x[:args.limit]
-    distributed.check_shardable(len(data.test_x), ctx, "the test set (--limit)")
-    test_x = distributed.shard(data.test_x, ctx, equal=False)
-    # one process: the seed itself; several: a distinct stream per rank
-    pyro.set_rng_seed(distributed.rank_seed(args.seed, 0, ctx.rank) if ctx.enabled
-                      else args.seed)
-    elbo = evaluate_elbo(vae, test_x, args.batch_size, config.elbo)
-    result = {
-        "test_elbo": distributed.reduce_mean(elbo, len(test_x), ctx, device),
-        "n_test": len(data.test_x),
-        "estimator": config.elbo,
-        "units": "nats per datum",
-        "seed": args.seed,
-        "world_size": ctx.world_size,
-    }
-    if args.nll_samples:
-        result.update(nll_report(vae, test_x, args.nll_samples, args.chunk,
-                                 combine=lambda e: distributed.gather_log_likelihood(e, ctx)))
     if ctx.is_main:
         write_json(args.run_dir / "evaluation.json", result)
         print(json.dumps(result, indent=2))
     return 0
 
 
-def _is_cvae_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a ``model="cvae"`` run (its config.json says so)."""
-    try:
-        return json.loads((run_dir / "config.json").read_text()).get("model") == "cvae"
-    except (OSError, ValueError, AttributeError):
-        return False  # load_run reports what is wrong with the folder
-
-
-def _sample_cvae(args) -> int:
-    from pyrovae.cvae_runs import load_cvae_data, load_cvae_run, write_cvae_figures
-
-    draws = 6 if args.n is None else args.n
-    run = load_cvae_run(args.run_dir)
-    data = load_cvae_data(run)
-    images, labels = (data.test_x, data.test_y) if args.given in (None, "test") \
-        else (data.train_x, data.train_y)
-    folder = args.out or args.run_dir / "figures"
-    paths = write_cvae_figures(run, images, labels, folder, draws=draws, rows=args.rows,
-                               seed=args.seed)
-    print(f"wrote {draws} CVAE draws per input to {', '.join(map(str, paths))}")
-    return 0
-
-
-def _evaluate_cvae(args) -> int:
-    from pyrovae.conditioning import pack
-    from pyrovae.cvae_runs import evaluate_cvae_run, load_cvae_data, load_cvae_run
-    from pyrovae.runs import write_json
-
-    if args.nll_samples < 0 or args.chunk < 1:
-        raise ValueError(f"--nll-samples must be >= 0 and --chunk >= 1, got "
-                         f"{args.nll_samples} and {args.chunk}")
-    run = load_cvae_run(args.run_dir, args.device)
-    data = load_cvae_data(run)
-    if args.limit is not None and not 1 <= args.limit <= len(data.test_x):
-        raise ValueError(f"--limit must be in [1, {len(data.test_x)}] (the test set), got "
-                         f"{args.limit}")
-    test_x = pack(*run.condition.split(data.test_x[:args.limit], data.test_y[:args.limit]))
-    result = evaluate_cvae_run(run, test_x, args.batch_size, args.nll_samples, args.chunk,
-                               args.seed)
-    write_json(args.run_dir / "evaluation.json", result)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
 def _check_kl(args) -> int:
-    from pyrovae.check_kl import format_report, run_check_kl
+    from pyrovae.inference.check_kl import format_report
+    from pyrovae.runs.diagnostics import run_check_kl
 
     report = run_check_kl(args.run_dir, args.batch_size, args.draws, args.seed, args.device,
                           args.alpha)
@@ -309,14 +220,15 @@ def _check_kl(args) -> int:
     else:
         print(format_report(report))
         if args.json is not None:
-            from pyrovae.runs import write_json
+            from pyrovae.runs.folders import write_json
 
             write_json(args.json, report)
     return 0 if report["agree"] else 1
 
 
 def _compare(args) -> int:
-    from pyrovae.compare import EstimatorSpec, format_table, run_compare
+    from pyrovae.inference.compare import EstimatorSpec, format_table
+    from pyrovae.runs.diagnostics import run_compare
 
     specs = [EstimatorSpec.parse(text) for text in args.estimators] if args.estimators \
         else None
@@ -332,7 +244,7 @@ COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pyrovae.plugins import load_plugins, plugins_in_argv
+    from pyrovae.runs.plugins import load_plugins, plugins_in_argv
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # before the parser is built, so --help lists the plug-ins' names among the choices

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pyrovae.registry import Registry
+from pyrovae.components.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
 BINARIZE_MODES = ("none", "static", "dynamic")

@@ -9,17 +9,17 @@
     log P(Y|X) >= E_Q[log P(Y|z, X)] - D[Q(z|X, Y) || P(z|X)]        (the conditional ELBO)
 
 X is a conditioning argument, never a sample site; Y holds only the modelled values (the
-unobserved pixels, :mod:`pyrovae.conditioning`), so observed pixels are never scored. The
-likelihood L is any registered one (:data:`~pyrovae.likelihoods.LIKELIHOODS`); both priors
-are diagonal Gaussians, so the KL to the guide has a closed form (``--elbo analytic``).
+unobserved pixels, :mod:`pyrovae.models.conditioning`), so observed pixels are never scored. The
+likelihood L is any registered one (:data:`~pyrovae.components.likelihoods.LIKELIHOODS`); both
+priors are diagonal Gaussians, so the KL to the guide has a closed form (``--elbo analytic``).
 
 :class:`Regressor` is the baseline Doersch contrasts: the decoder's body on X alone,
 y ~ L(g(X)), trained on the same likelihood; its log P(Y|X) is exact (no latent), and its
 mean is the blurry average of all plausible completions.
 
-:class:`PackedCVAE` is the CVAE on packed data (:func:`~pyrovae.conditioning.pack`), one
-tensor per datum, so the trainer, steppers, :func:`~pyrovae.evaluation.evaluate_elbo` and
-:func:`~pyrovae.evaluation.log_likelihood` use it as they use a VAE.
+:class:`PackedCVAE` is the CVAE on packed data (:func:`~pyrovae.models.conditioning.pack`), one
+tensor per datum, so the trainer, steppers, :func:`~pyrovae.inference.evaluation.evaluate_elbo` and
+:func:`~pyrovae.inference.evaluation.log_likelihood` use it as they use a VAE.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyrovae.conditioning import unpack
-from pyrovae.data import DeviceBatches
-from pyrovae.likelihoods import Likelihood, build_likelihood
-from pyrovae.networks import Decoder, Encoder, check_sizes
-from pyrovae.priors import StandardNormal
-from pyrovae.registry import Registry
+from pyrovae.components.data import DeviceBatches
+from pyrovae.components.likelihoods import Likelihood, build_likelihood
+from pyrovae.components.networks import Decoder, Encoder, check_sizes
+from pyrovae.components.priors import StandardNormal
+from pyrovae.components.registry import Registry
+from pyrovae.models.conditioning import unpack
 
 CVAE_PRIORS: Registry = Registry("cvae prior")
 
@@ -92,8 +92,8 @@ class CVAE(PyroModule):
         y_dim: number of modelled values Y per datum.
         z_dim: latent dimension k >= 1.
         hidden: encoder (and prior network) hidden widths; the decoder reverses them.
-        activation: hidden activation name (:data:`~pyrovae.networks.ACTIVATIONS`).
-        likelihood: a :class:`~pyrovae.likelihoods.Likelihood` or a registered name.
+        activation: hidden activation name (:data:`~pyrovae.components.networks.ACTIVATIONS`).
+        likelihood: a :class:`~pyrovae.components.likelihoods.Likelihood` or a registered name.
         prior: ``"fixed"`` (N(0, I)) or ``"learned"`` (N(m(X), diag s(X)^2)).
 
     ``model(x, y)`` and ``guide(x, y)`` take ``x`` ``(B, x_dim)`` and ``y`` ``(B, y_dim)``.

@@ -200,7 +200,7 @@ class PyroAnalyticELBO(pyro.infer.Trace_ELBO):
 
     Same traces as ``Trace_ELBO``; ``loss``, ``loss_and_grads`` and ``differentiable_loss``
     use the analytic ELBO. Like Pyro's own ELBOs it returns Python floats (a host sync per
-    step); the sync-free path is ``pyrovae.estimators.AnalyticELBO.differentiable_loss``.
+    step); the sync-free path is ``pyrovae.inference.trace_elbo.AnalyticELBO.differentiable_loss``.
     """
 
     def loss(self, model, guide, *args, **kwargs) -> float:

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
-from pyrovae.networks import check_sizes
-from pyrovae.registry import Registry
+from pyrovae.components.networks import check_sizes
+from pyrovae.components.registry import Registry
 
 CONDITIONS: Registry = Registry("condition")
 MISSING_GREY = 0.5  # how figures show the pixels an input does not give

@@ -1,6 +1,6 @@
 """Guides Q(z|X): the family of approximate posteriors, built on the encoder's output.
 
-The encoder (:class:`pyrovae.networks.Encoder`) maps X to ``loc, scale`` of shape
+The encoder (:class:`pyrovae.components.networks.Encoder`) maps X to ``loc, scale`` of shape
 ``(B, z_dim)``; a guide turns ``(x, loc, scale)`` into the distribution Q(z|X) that the VAE's
 ``guide(x)`` samples at site ``"z"``:
 
@@ -27,8 +27,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.flows import FlowDistribution, flow_step, made, positive_int
-from pyrovae.registry import Registry
+from pyrovae.components.flows import FlowDistribution, flow_step, made, positive_int
+from pyrovae.components.registry import Registry
 
 GUIDES: Registry = Registry("guide")
 

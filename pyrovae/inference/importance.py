@@ -37,7 +37,7 @@ import torch
 from pyro.distributions.util import detach, scale_and_mask
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_item
 
-from pyrovae.estimators import (
+from pyrovae.inference.elbo import (
     ESTIMATORS,
     Estimator,
     EstimatorAxes,
@@ -137,7 +137,7 @@ class ImportanceWeighted(Estimator):
 
     Args:
         num_particles: K >= 1 (K = 1 gives the one-sample ELBO, whatever alpha).
-        score_function: see :class:`~pyrovae.estimators.Estimator`.
+        score_function: see :class:`~pyrovae.inference.elbo.Estimator`.
     """
 
     pyro_class = pyro.infer.RenyiELBO
@@ -188,7 +188,7 @@ class RenyiBound(ImportanceWeighted):
         num_particles: K >= 1.
         alpha: the order, a finite number other than 1 (0: IWAE; in (0, 1): between the
             IWAE bound and the ELBO; > 1: below the ELBO; < 0: not a lower bound).
-        score_function: see :class:`~pyrovae.estimators.Estimator`.
+        score_function: see :class:`~pyrovae.inference.elbo.Estimator`.
     """
 
     def __init__(self, num_particles: int = 1, alpha: float = 0.5,

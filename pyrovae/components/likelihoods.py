@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
-from pyrovae.registry import Registry
+from pyrovae.components.registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
 

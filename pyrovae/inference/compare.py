@@ -14,25 +14,23 @@ trained model. Per estimator (one row):
 - ``ms_per_step``: wall time of one loss and backward pass (no optimiser), the median of
   the R passes (robust to a busy machine), after one warm-up pass.
 
-The other columns are the estimator's :class:`~pyrovae.estimators.EstimatorAxes`, so a new
+The other columns are the estimator's :class:`~pyrovae.inference.elbo.EstimatorAxes`, so a new
 estimator gets a described row without touching this module.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import torch
 
-from pyrovae.check_kl import Moments, parameter_groups
-from pyrovae.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
+from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
+from pyrovae.inference.statistics import Moments, grouped_gradients, parameter_groups
 
 IMPORTANCE_PARTICLES = (5, 50)  # default K of the importance-weighted estimators
 
@@ -82,23 +80,19 @@ def gradient_moments(vae, x: torch.Tensor, estimator: Estimator, repeats: int
     """R estimates on batch ``x``: the bounds (nats per datum), the :class:`Moments` of the
     gradient of the per-datum bound for each parameter group, and the seconds per pass."""
     groups = parameter_groups(vae)
-    params = [p for group in groups.values() for p in group]
     moments = {name: Moments() for name in groups}
     bounds, seconds = [], []
     for repeat in range(repeats + 1):  # the first pass warms up and is not counted
         start = time.perf_counter()
         loss = estimator.differentiable_loss(vae.model, vae.guide, x) / len(x)
-        grads = torch.autograd.grad(-loss, params, allow_unused=True)
-        flat = [(g if g is not None else torch.zeros_like(p)).reshape(-1)
-                for g, p in zip(grads, params)]
+        flat = grouped_gradients(-loss, groups)
         elapsed = time.perf_counter() - start
         if repeat == 0:
             continue
         seconds.append(elapsed)
         bounds.append(-float(loss.detach()))
-        for name, group in groups.items():
-            moments[name].add(torch.cat(flat[:len(group)]))
-            flat = flat[len(group):]
+        for name, value in flat.items():
+            moments[name].add(value)
     return bounds, moments, seconds
 
 
@@ -143,63 +137,3 @@ def format_table(rows: list[dict]) -> str:
                        for i, (c, w) in enumerate(zip(line, widths)))
              for line in [columns, *cells]]
     return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: str | Path) -> Path:
-    """Every column of every row (parameter groups beyond encoder and decoder included)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def plot_comparison(rows: list[dict], path: str | Path) -> Path:
-    """Four panels, one bar per estimator: bound +- sd, encoder SNR, decoder SNR, ms/step."""
-    from pyrovae.plots import _save, plt
-
-    labels = [row["estimator"] for row in rows]
-    panels = [("bound", "bound_sd", "bound, nats per datum (+- sd across repeats)"),
-              ("encoder_snr", None, "encoder gradient SNR"),
-              ("decoder_snr", None, "decoder gradient SNR"),
-              ("ms_per_step", None, "ms per loss + backward")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.4 * len(rows) + 1.5),
-                             sharey=True)
-    for ax, (key, error, title) in zip(axes, panels):
-        values = [row[key] for row in rows]
-        if error:  # a bound is a point on an axis of nats, not a bar from 0
-            ax.errorbar(values, labels, xerr=[row[error] for row in rows], fmt="o")
-        else:
-            ax.barh(labels, values)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].invert_yaxis()
-    return _save(fig, path)
-
-
-def run_compare(run_dir: str | Path, specs: list[EstimatorSpec] | None = None,
-                repeats: int = 50, batch_size: int = 64, seed: int = 0,
-                device: str = "auto", alpha: float | None = None) -> list[dict]:
-    """:func:`compare_estimators` on the first ``batch_size`` test images of a run folder;
-    writes ``RUN_DIR/compare.csv`` and ``RUN_DIR/figures/compare.png``. ``alpha`` defaults
-    to the run's (``renyi``'s order)."""
-    from pyrovae.data import load_dataset
-    from pyrovae.runs import load_run, prepare_data
-    from pyrovae.training import resolve_device
-
-    resolved = resolve_device(device)
-    vae, config = load_run(run_dir, str(resolved))
-    data = prepare_data(config, vae, load_dataset(config.dataset, config.data_dir), resolved)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) \
-            or not 1 <= batch_size <= len(data.test_x):
-        raise ValueError(f"batch_size must be an integer in [1, {len(data.test_x)}] (the test "
-                         f"set), got {batch_size!r}")
-    pyro.set_rng_seed(seed)
-    rows = compare_estimators(vae, data.test_x[:batch_size], specs, repeats,
-                              config.alpha if alpha is None else alpha)
-    write_csv(rows, Path(run_dir) / "compare.csv")
-    plot_comparison(rows, Path(run_dir) / "figures" / "compare.png")
-    return rows

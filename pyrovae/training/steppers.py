@@ -4,7 +4,7 @@
   ``differentiable_loss``, ``backward()`` and ``torch.optim.Adam`` over ``vae.parameters()``
   (``capturable=True`` on CUDA, ``fused=True`` on the CPU). The loss is summed on the device
   and read once per epoch, so the step never synchronises host and device (a test proves it
-  under :class:`~pyrovae.sync_guard.SyncGuard`, optimiser step included; the one exception
+  under :class:`~pyrovae.training.sync_guard.SyncGuard`, optimiser step included; the one exception
   is ``on_nan="skip"`` on the CPU, which reads each step's verdict on the host, see below).
   Pyro's and torch's argument validation read values on the host, so the step runs with
   validation off; the data is checked against the likelihood's support once, before training.
@@ -42,10 +42,10 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.distributed import SINGLE, Distributed, all_reduce, ddp_loss
-from pyrovae.estimators import Estimator
-from pyrovae.model import VAE
-from pyrovae.rng import forked_rng
+from pyrovae.components.rng import forked_rng
+from pyrovae.inference.estimators import Estimator
+from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, ddp_loss
 
 STEPPERS = ("fast", "svi")
 COMPILE_MODES = ("auto", "none", "graph")
@@ -81,7 +81,7 @@ def all_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     return torch.isfinite(total)
 
 
-def graph_capturable(vae: VAE, estimator: Estimator, x: torch.Tensor,
+def graph_capturable(vae: ModelGuidePair, estimator: Estimator, x: torch.Tensor,
                      device: torch.device) -> tuple[bool, str]:
     """Whether the step on batches like ``x`` can be captured in a CUDA graph, and why not.
 
@@ -116,13 +116,14 @@ class FastStepper:
         betas, eps: Adam's moment decay rates and denominator constant.
         distributed: this process's rank; with several, the loss goes through
             ``DistributedDataParallel`` and is scaled by the number of ranks (see
-            :mod:`pyrovae.distributed`), and :meth:`take_epoch` sums the loss over ranks.
+            :mod:`pyrovae.training.distributed`), and :meth:`take_epoch` sums the loss over ranks.
 
     On CUDA the learning rate is a device tensor, so :meth:`set_lr` changes it in place and
     a captured graph replays with the new value.
     """
 
-    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
+    def __init__(self, vae: ModelGuidePair, estimator: Estimator, lr: float,
+                 clip_norm: float | None,
                  on_nan: str = "stop", warmup: int = 3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  distributed: Distributed = SINGLE):
@@ -273,7 +274,8 @@ class SVIStepper:
 
     use_graph = False
 
-    def __init__(self, vae: VAE, estimator: Estimator, lr: float, clip_norm: float | None,
+    def __init__(self, vae: ModelGuidePair, estimator: Estimator, lr: float,
+                 clip_norm: float | None,
                  on_nan: str = "stop", betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
         if on_nan != "stop":

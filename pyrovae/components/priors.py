@@ -7,14 +7,14 @@ constructor takes ``z_dim`` as its one positional argument and keyword options w
 (:func:`build_prior` passes each prior only the options it declares).
 
 A prior defined through the rest of the model (the VampPrior needs the guide) takes what it
-needs in :meth:`Prior.attach`, which the owning :class:`~pyrovae.model.VAE` calls once when
+needs in :meth:`Prior.attach`, which the owning :class:`~pyrovae.models.vae.VAE` calls once when
 its networks and guide exist; the VAE never branches on which prior it holds.
 
 Registered: ``standard_normal`` (Doersch's N(0, I)), ``diagonal_normal`` (learnable mean and
 scale), ``mixture`` (K learnable diagonal Gaussians), ``vamp`` (VampPrior, Tomczak & Welling
 2018) and ``flow`` (N(0, I) pushed through learnable affine autoregressive steps). The KL to
 a diagonal-Gaussian guide has a closed form for the first two only; estimators fall back to
-Monte Carlo for the others (:func:`pyrovae.kl.kl_or_mc` says which).
+Monte Carlo for the others (:func:`pyrovae.inference.kl.kl_or_mc` says which).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.flows import FlowDistribution, flow_step, made, positive_int
-from pyrovae.registry import Registry
+from pyrovae.components.flows import FlowDistribution, flow_step, made, positive_int
+from pyrovae.components.registry import Registry
 
 PRIORS: Registry = Registry("prior")
 
@@ -72,7 +72,8 @@ class StandardNormal(Prior):
 class DiagonalNormal(Prior):
     """P(z) = N(m, diag s^2) with learnable m and log s, starting at N(0, I).
 
-    The KL to the diagonal-Gaussian guide stays in closed form (:func:`pyrovae.kl.kl_diag_normal`).
+    The KL to the diagonal-Gaussian guide stays in closed form
+    (:func:`pyrovae.inference.kl.kl_diag_normal`).
     """
 
     def __init__(self, z_dim: int):
@@ -141,7 +142,7 @@ class VampPrior(Prior):
         z_dim: latent dimension.
         components: K >= 1.
 
-    Needs its VAE: :meth:`attach` (called by :class:`~pyrovae.model.VAE`) creates the
+    Needs its VAE: :meth:`attach` (called by :class:`~pyrovae.models.vae.VAE`) creates the
     pseudo-inputs and keeps ``vae.posterior``; used alone, ``forward`` raises ``RuntimeError``.
     """
 
@@ -169,9 +170,10 @@ class FlowPrior(Prior):
 
         z = T_K(... T_1(e)),  e ~ N(0, I),   T_k = A_k^-1,  A_k(u) = mu_k(u) + exp(s_k(u)) u
 
-    Each A_k is a MADE step (:mod:`pyrovae.flows`), orders alternating, so log p(z) takes one
-    network pass per step (log N(A(z)) + log|det dA/dz|, as in a masked autoregressive flow)
-    and a draw takes z_dim passes per step (training only scores z; figures draw).
+    Each A_k is a MADE step (:mod:`pyrovae.components.flows`), orders alternating, so log p(z)
+    takes one network pass per step (log N(A(z)) + log|det dA/dz|, as in a masked
+    autoregressive flow) and a draw takes z_dim passes per step (training only scores z;
+    figures draw).
 
     Args:
         z_dim: latent dimension.

@@ -17,18 +17,21 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from statistics import NormalDist
 
-import pyro
 import torch
 
-from pyrovae.estimators import build_estimator
-from pyrovae.kl import closed_form_kl
-from pyrovae.model import VAE
+from pyrovae.inference.estimators import build_estimator
+from pyrovae.inference.kl import closed_form_kl
+from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.statistics import (  # noqa: F401  (re-exported for check-kl's users)
+    Moments,
+    grouped_gradients,
+    parameter_groups,
+    student_t_quantile,
+    z_scores,
+)
 
-MIN_DRAWS = 20  # the t quantile below is accurate to 1e-2 from 19 degrees of freedom
-FRESH_SHAPE = (1, 8, 8)  # the digits images, for a freshly initialised model
+MIN_DRAWS = 20  # fewer draws make the standard errors themselves too noisy
 
 RULE = """\
 Tolerance: the two estimators score the same N draws z ~ Q(z|X), so the per-draw difference
@@ -43,41 +46,6 @@ d = trace - analytic has expectation exactly 0 when the closed-form KL is right.
             difference is exactly 0 on every draw (the decoder's: the KL does not touch it)
             count as z = 0.
 Exit status: 0 agree, 1 disagree, 2 bad input."""
-
-
-class Moments:
-    """Running mean and variance (Welford) of equally shaped tensors, accumulated in float64."""
-
-    def __init__(self):
-        self.n = 0
-        self.mean: torch.Tensor | None = None
-        self._m2: torch.Tensor | None = None
-
-    def add(self, value: torch.Tensor) -> None:
-        value = value.detach().to(torch.float64)
-        self.n += 1
-        if self.mean is None:
-            self.mean, self._m2 = value.clone(), torch.zeros_like(value)
-            return
-        delta = value - self.mean
-        self.mean += delta / self.n
-        self._m2 += delta * (value - self.mean)
-
-    @property
-    def var(self) -> torch.Tensor:
-        """Unbiased per-element variance of one value."""
-        return self._m2 / (self.n - 1)
-
-    @property
-    def se(self) -> torch.Tensor:
-        """Standard error of the mean."""
-        return (self.var / self.n).sqrt()
-
-
-def parameter_groups(vae: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-    """The parameters of each top-level part of the model (encoder, decoder, prior, ...)."""
-    groups = {name: list(child.parameters()) for name, child in vae.named_children()}
-    return {name: params for name, params in groups.items() if params}
 
 
 @dataclass
@@ -97,8 +65,8 @@ class SharedDraws:
     grad_diffs: dict[str, dict[str, Moments]]
 
 
-def shared_draws(vae: VAE, x: torch.Tensor, names=("analytic", "trace"), draws: int = 200,
-                 particles: int = 1) -> SharedDraws:
+def shared_draws(vae: ModelGuidePair, x: torch.Tensor, names=("analytic", "trace"),
+                 draws: int = 200, particles: int = 1) -> SharedDraws:
     """Score the estimators ``names`` on ``draws`` shared draws of the guide for batch ``x``.
 
     Each draw is one estimate with ``particles`` particles (the first estimator's traces),
@@ -106,7 +74,6 @@ def shared_draws(vae: VAE, x: torch.Tensor, names=("analytic", "trace"), draws: 
     """
     estimators = {name: build_estimator(name, particles) for name in names}
     groups = parameter_groups(vae)
-    params = [p for group in groups.values() for p in group]
     values = {name: [] for name in names}
     grads = {name: {group: Moments() for group in groups} for name in names}
     diffs = {name: {group: Moments() for group in groups} for name in names[1:]}
@@ -118,44 +85,14 @@ def shared_draws(vae: VAE, x: torch.Tensor, names=("analytic", "trace"), draws: 
         flat = {}
         for i, name in enumerate(names):
             values[name].append(-losses[name].detach())
-            g = torch.autograd.grad(losses[name], params, retain_graph=i < len(names) - 1,
-                                    allow_unused=True)
-            g = [-gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, params)]
-            flat[name] = _split(g, groups)
+            flat[name] = grouped_gradients(-losses[name], groups,
+                                           retain_graph=i < len(names) - 1)
             for group, value in flat[name].items():
                 grads[name][group].add(value)
         for name in names[1:]:
             for group in groups:
                 diffs[name][group].add(flat[name][group].double() - flat[names[0]][group])
     return SharedDraws({k: torch.stack(v).double() for k, v in values.items()}, grads, diffs)
-
-
-def _split(flat_grads: list[torch.Tensor], groups: dict) -> dict[str, torch.Tensor]:
-    out, start = {}, 0
-    for name, params in groups.items():
-        out[name] = torch.cat([g.reshape(-1) for g in flat_grads[start:start + len(params)]])
-        start += len(params)
-    return out
-
-
-def student_t_quantile(upper: float, dof: int) -> float:
-    """t with P(T > t) = ``upper`` for Student's T with ``dof`` degrees of freedom.
-
-    The Cornish-Fisher expansion around the normal quantile z (Abramowitz & Stegun 26.7.5);
-    within 1e-2 of the exact value for dof >= 19 down to upper = 1e-9.
-    """
-    z = NormalDist().inv_cdf(1 - upper)
-    terms = ((z ** 3 + z) / 4,
-             (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
-             (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
-             (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
-    return z + sum(term / dof ** (i + 1) for i, term in enumerate(terms))
-
-
-def z_scores(mean: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
-    """mean / se, with 0 where both are 0 (a difference that is exactly 0 on every draw)."""
-    return torch.where(se > 0, mean / se.clamp_min(1e-300),
-                       torch.where(mean == 0, 0.0, math.inf))
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -165,7 +102,7 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
-def check_kl(vae: VAE, x: torch.Tensor, draws: int = 200, particles: int = 1,
+def check_kl(vae: ModelGuidePair, x: torch.Tensor, draws: int = 200, particles: int = 1,
              alpha: float = 1e-3) -> dict:
     """Compare ``analytic`` with ``trace`` on the batch ``x`` (see :data:`RULE`); a report.
 
@@ -215,7 +152,7 @@ def check_kl(vae: VAE, x: torch.Tensor, draws: int = 200, particles: int = 1,
             "agree": value_ok and gradients_ok}
 
 
-def kl_method(vae: VAE, x: torch.Tensor) -> str:
+def kl_method(vae: ModelGuidePair, x: torch.Tensor) -> str:
     """How the analytic ELBO gets D[Q(z|X) || P(z)] for this guide and prior: ``"closed
     form"``, or Monte Carlo when no closed form is registered for the pair (then the analytic
     and trace ELBOs coincide draw by draw, and the check is trivially passed)."""
@@ -259,48 +196,3 @@ def format_report(report: dict) -> str:
               f"verdict: {verdict} (value {'ok' if report['value_ok'] else 'FAILS'}, "
               f"gradients {'ok' if report['gradients_ok'] else 'FAIL'})"]
     return "\n".join(lines)
-
-
-def run_check_kl(run_dir: str | Path | None = None, batch_size: int | None = None,
-                 draws: int = 200, seed: int = 0, device: str = "auto",
-                 alpha: float = 1e-3) -> dict:
-    """:func:`check_kl` on the first ``batch_size`` test images of a run folder, with its
-    particles; or, with no ``run_dir``, on a freshly initialised model (default
-    :class:`~pyrovae.config.TrainConfig`) and a batch drawn from that model's own prior
-    predictive P(X), so the data suit any likelihood. ``batch_size`` defaults to the
-    config's. The report gains ``model``, ``seed``, ``estimator`` and ``device``."""
-    from pyrovae.config import TrainConfig
-    from pyrovae.data import load_dataset
-    from pyrovae.runs import build_vae, load_run, prepare_data
-    from pyrovae.training import resolve_device
-
-    resolved = resolve_device(device)
-    pyro.set_rng_seed(seed)
-    if run_dir is None:
-        config = TrainConfig()
-        vae = build_vae(config, FRESH_SHAPE).to(resolved)
-        size = config.batch_size if batch_size is None else batch_size
-        _check_batch_size(size, None)
-        with torch.no_grad():
-            x = vae.likelihood(vae.decoder(vae.prior((size,)).sample()), vae.data_shape).sample()
-        model = (f"freshly initialised model (default config: z_dim {config.z_dim}, hidden "
-                 f"{config.hidden}, {config.likelihood}), on {size} draws of its own P(X)")
-    else:
-        vae, config = load_run(run_dir, str(resolved))
-        data = prepare_data(config, vae, load_dataset(config.dataset, config.data_dir),
-                            resolved)
-        size = config.batch_size if batch_size is None else batch_size
-        _check_batch_size(size, len(data.test_x))
-        x = data.test_x[:size]
-        model = (f"run {run_dir} ({config.dataset}, {config.likelihood}, z_dim "
-                 f"{config.z_dim}, hidden {config.hidden}), first {size} test images")
-    report = check_kl(vae, x, draws, config.particles, alpha)
-    return {"model": model, "seed": seed, "estimator": config.elbo, "device": str(resolved),
-            **report}
-
-
-def _check_batch_size(size, available: int | None) -> None:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {size!r}")
-    if available is not None and size > available:
-        raise ValueError(f"batch_size {size} is larger than the test set ({available} images)")

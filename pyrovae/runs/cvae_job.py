@@ -1,7 +1,7 @@
 """Conditional-VAE run folders: the data, the baseline, the figures, loading and evaluation.
 
-:func:`pyrovae.runs.train_run` trains a ``model="cvae"`` config through :class:`CVAEJob`
-(checkpoints, resume and metrics are the VAE's), which adds to the run folder::
+:func:`pyrovae.runs.train.train_run` trains a ``model="cvae"`` config through :class:`CVAEJob`
+(checkpoints, resume and metrics are every kind's), which adds to the run folder::
 
     baseline.pt              the deterministic Regressor, trained after the CVAE on the
                              same data, batches and likelihood (its state, its per-epoch
@@ -11,7 +11,7 @@
 
 ``pyrovae evaluate`` on such a folder (:func:`evaluate_cvae_run`) writes the conditional test
 ELBO, the conditional NLL -log P(Y|X) of the CVAE (importance-sampled from Q(z|X, Y), the
-IWAE-k bound of :func:`pyrovae.evaluation.log_likelihood`) and the baseline's exact one,
+IWAE-k bound of :func:`pyrovae.inference.evaluation.log_likelihood`) and the baseline's exact one,
 with standard errors and their paired difference, into ``evaluation.json``.
 """
 
@@ -26,16 +26,20 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyrovae import plots
-from pyrovae.conditioning import Condition, build_condition, pack
-from pyrovae.config import TrainConfig
-from pyrovae.cvae import CVAE, PackedCVAE, Regressor, fit_regressor, regressor_nll
-from pyrovae.data import Dataset, load_dataset
-from pyrovae.evaluation import evaluate_elbo, log_likelihood, standard_error
-from pyrovae.likelihoods import build_likelihood
-from pyrovae.rng import forked_rng
-from pyrovae.runs import atomic_write, load_checkpoint, prepare_data
-from pyrovae.training import resolve_device
+from pyrovae.components.data import Dataset
+from pyrovae.components.likelihoods import build_likelihood
+from pyrovae.components.rng import forked_rng
+from pyrovae.inference.evaluation import evaluate_elbo, log_likelihood
+from pyrovae.inference.statistics import standard_error
+from pyrovae.models.conditioning import Condition, build_condition, pack
+from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, fit_regressor, regressor_nll
+from pyrovae.runs import plots
+from pyrovae.runs.checkpoints import model_state
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.folders import atomic_write
+from pyrovae.runs.job import JOBS, Job, check_limit, load_config, prepare_data
+from pyrovae.training import distributed
+from pyrovae.training.trainer import resolve_device
 
 BASELINE_FILE = "baseline.pt"
 ROWS = 8    # test inputs in completions.png
@@ -57,22 +61,50 @@ def build_regressor(config: TrainConfig, condition: Condition) -> Regressor:
                      likelihood=build_likelihood(config.likelihood, sigma=config.sigma))
 
 
-class CVAEJob:
-    """What :func:`pyrovae.runs.train_run` trains for a ``model="cvae"`` config.
+@dataclass
+class CVAERun:
+    """A trained CVAE run: the CVAE, its baseline, the task, the config."""
 
-    Attributes:
-        module: the :class:`~pyrovae.cvae.PackedCVAE` the trainer steps.
-        train_x, test_x: packed ``(N, 1, 1, x_dim + y_dim)`` data on ``device``, binarised
-            as the config asks (static test set; dynamic draws happen per batch).
-        data: the prepared images and labels on ``device`` (for the figures).
+    cvae: CVAE
+    regressor: Regressor
+    condition: Condition
+    config: TrainConfig
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.cvae.parameters()).device
+
+
+def load_cvae_run(run_dir: str | Path, device: str = "cpu") -> CVAERun:
+    """The trained CVAE (last checkpoint) and baseline of a ``model="cvae"`` run folder."""
+    config = load_config(run_dir)
+    if config.model != "cvae":
+        raise ValueError(f"{run_dir} holds a {config.model!r} run, not a cvae run")
+    return CVAEJob(config, resolve_device(device)).load(run_dir)
+
+
+def load_cvae_data(run: CVAERun) -> Dataset:
+    """The run's data set, binarised as in training, on the run's device."""
+    data = CVAEJob(run.config).load_data()
+    return prepare_data(run.config, PackedCVAE(run.cvae), data, run.device)
+
+
+@JOBS.register("cvae")
+class CVAEJob(Job):
+    """The conditional VAE P(Y|X) of ``config.condition``, with its deterministic baseline.
+
+    After :meth:`prepare`: ``module`` is the :class:`~pyrovae.models.cvae.PackedCVAE` the
+    trainer steps; ``train_x``, ``test_x`` packed ``(N, 1, 1, x_dim + y_dim)`` data on
+    ``device``, binarised as the config asks (static test set; dynamic draws happen per
+    batch); ``data`` the prepared images and labels on ``device`` (for the figures).
     """
 
-    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device):
-        self.config = config
+    def prepare(self, data: Dataset) -> None:
+        config = self.config
         self.condition = build_condition(config.condition, data.image_shape)
-        self.cvae = build_cvae(config, self.condition)
+        self.cvae = build_cvae(config, self.condition).to(self.device)
         self.module = PackedCVAE(self.cvae)
-        self.data = prepare_data(config, self.module, data, device)
+        self.data = prepare_data(config, self.module, data, self.device)
         self.train_x = pack(*self.condition.split(self.data.train_x, self.data.train_y))
         self.test_x = pack(*self.condition.split(self.data.test_x, self.data.test_y))
 
@@ -99,45 +131,53 @@ class CVAEJob:
                            seed=config.seed)
         plots.plot_curves(history, run_dir / "figures" / "curves.png")
 
+    def load(self, run_dir: Path) -> CVAERun:
+        """The trained CVAE (last checkpoint) and baseline of the run folder."""
+        run_dir = Path(run_dir)
+        if not (run_dir / BASELINE_FILE).is_file():
+            raise ValueError(f"cvae run {run_dir} has no {BASELINE_FILE}: training did not "
+                             f"finish (continue it with pyrovae train --resume --out "
+                             f"{run_dir})")
+        baseline = torch.load(run_dir / BASELINE_FILE, map_location="cpu", weights_only=False)
+        condition = build_condition(self.config.condition, baseline["image_shape"])
+        cvae = build_cvae(self.config, condition)
+        PackedCVAE(cvae).load_state_dict(model_state(run_dir)[0])
+        regressor = build_regressor(self.config, condition)
+        regressor.load_state_dict(baseline["model"])
+        return CVAERun(cvae.to(self.device).eval(), regressor.to(self.device).eval(),
+                       condition, self.config)
 
-@dataclass
-class CVAERun:
-    """A trained CVAE run: the CVAE, its baseline, the task, the config."""
+    def test_pair(self, run_dir: Path) -> tuple[PackedCVAE, torch.Tensor]:
+        run = self.load(run_dir)
+        data = load_cvae_data(run)
+        return PackedCVAE(run.cvae), pack(*run.condition.split(data.test_x, data.test_y))
 
-    cvae: CVAE
-    regressor: Regressor
-    condition: Condition
-    config: TrainConfig
+    def evaluate(self, run_dir: Path, batch_size: int = 1000, nll_samples: int = 0,
+                 chunk: int = 500, limit: int | None = None, seed: int = 0,
+                 ctx=distributed.SINGLE) -> dict:
+        """:func:`evaluate_cvae_run` on the first ``limit`` test inputs (one process)."""
+        if ctx.enabled:
+            raise ValueError("evaluate a cvae run in one process (not under torchrun)")
+        run = self.load(run_dir)
+        data = load_cvae_data(run)
+        check_limit(limit, len(data.test_x))
+        test_x = pack(*run.condition.split(data.test_x[:limit], data.test_y[:limit]))
+        return evaluate_cvae_run(run, test_x, batch_size, nll_samples, chunk, seed)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.cvae.parameters()).device
-
-
-def load_cvae_run(run_dir: str | Path, device: str = "cpu") -> CVAERun:
-    """The trained CVAE (last checkpoint) and baseline of a ``model="cvae"`` run folder."""
-    run_dir = Path(run_dir)
-    config = TrainConfig.load(run_dir / "config.json")
-    if config.model != "cvae":
-        raise ValueError(f"{run_dir} holds a {config.model!r} run, not a cvae run")
-    if not (run_dir / BASELINE_FILE).is_file():
-        raise ValueError(f"cvae run {run_dir} has no {BASELINE_FILE}: training did not finish "
-                         f"(continue it with pyrovae train --resume --out {run_dir})")
-    baseline = torch.load(run_dir / BASELINE_FILE, map_location="cpu", weights_only=False)
-    condition = build_condition(config.condition, baseline["image_shape"])
-    cvae = build_cvae(config, condition)
-    PackedCVAE(cvae).load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")
-                                     ["trainer"]["model"])
-    regressor = build_regressor(config, condition)
-    regressor.load_state_dict(baseline["model"])
-    target = resolve_device(device)
-    return CVAERun(cvae.to(target).eval(), regressor.to(target).eval(), condition, config)
-
-
-def load_cvae_data(run: CVAERun) -> Dataset:
-    """The run's data set, binarised as in training, on the run's device."""
-    data = load_dataset(run.config.dataset, run.config.data_dir, download=False)
-    return prepare_data(run.config, PackedCVAE(run.cvae), data, run.device)
+    def sample(self, run_dir: Path, n: int | None = None, out: Path | None = None,
+               seed: int = 0, given: str | None = None, rows: int | None = None) -> str:
+        """``n`` (default 6) CVAE draws for each of the first ``rows`` (default 8) inputs of
+        the ``given`` split (default test) into the folder ``out`` (default
+        ``RUN_DIR/figures``)."""
+        draws = DRAWS if n is None else n
+        run = self.load(run_dir)
+        data = load_cvae_data(run)
+        images, labels = (data.test_x, data.test_y) if given in (None, "test") \
+            else (data.train_x, data.train_y)
+        folder = out or Path(run_dir) / "figures"
+        paths = write_cvae_figures(run, images, labels, folder, draws=draws,
+                                   rows=ROWS if rows is None else rows, seed=seed)
+        return f"wrote {draws} CVAE draws per input to {', '.join(map(str, paths))}"
 
 
 @torch.no_grad()

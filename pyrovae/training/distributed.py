@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pyrovae.estimators import Estimator
-from pyrovae.evaluation import LogLikelihood
-from pyrovae.model import VAE
+from pyrovae.inference.estimators import Estimator
+from pyrovae.inference.evaluation import LogLikelihood
+from pyrovae.inference.pair import ModelGuidePair
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -197,7 +197,7 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
 class LossModule(nn.Module):
     """The estimator's loss as a module, so DDP can hook its parameters' gradients."""
 
-    def __init__(self, vae: VAE, estimator: Estimator):
+    def __init__(self, vae: ModelGuidePair, estimator: Estimator):
         super().__init__()
         self.vae = vae
         self.estimator = estimator
@@ -206,7 +206,7 @@ class LossModule(nn.Module):
         return self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
 
 
-def ddp_loss(vae: VAE, estimator: Estimator, device: torch.device):
+def ddp_loss(vae: ModelGuidePair, estimator: Estimator, device: torch.device):
     """``loss(x)`` through ``DistributedDataParallel``: backward all-reduces (averages) the
     gradients. Call only after :func:`init`."""
     return nn.parallel.DistributedDataParallel(

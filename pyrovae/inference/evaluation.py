@@ -13,9 +13,9 @@ Both average unbiased estimates of P(X), so both are below log P(X) in expectati
 and reach it as k grows; the naive one needs astronomically many draws once z has more than
 a few dimensions, because almost no z from P(z) explains a given X.
 
-Log-densities are read unscaled (:func:`pyrovae.iwae.site_log_prob` with ``scaled=False``):
-Pyro stores log-probs multiplied by plate subsample factors and ``poutine.scale`` (and a KL
-weight), none of which belongs in a per-datum log-likelihood.
+Log-densities are read unscaled (:func:`pyrovae.inference.importance.site_log_prob` with
+``scaled=False``): Pyro stores log-probs multiplied by plate subsample factors and
+``poutine.scale`` (and a KL weight), none of which belongs in a per-datum log-likelihood.
 
 Standard errors (:class:`LogLikelihood`):
 
@@ -44,17 +44,19 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-from pyrovae.estimators import Estimator, build_estimator, guess_plate_nesting
-from pyrovae.iwae import log_weights
-from pyrovae.model import VAE
-from pyrovae.rng import forked_rng
+from pyrovae.components.rng import forked_rng
+from pyrovae.inference.elbo import Estimator, guess_plate_nesting
+from pyrovae.inference.estimators import build_estimator
+from pyrovae.inference.importance import log_weights
+from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.statistics import standard_error
 
 PROPOSALS = ("guide", "prior")
 MAX_ROWS = 2 ** 14  # (datum, particle) pairs per pass: bounds the memory of one chunk
 
 
 @torch.no_grad()
-def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
+def evaluate_elbo(vae: ModelGuidePair, x: torch.Tensor, batch_size: int = 1000,
                   estimator: Estimator | str = "trace") -> float:
     """Mean bound of the data ``x`` (shape ``(N, *data_shape)``), nats per datum.
 
@@ -73,12 +75,6 @@ def evaluate_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000,
         batch = x[start:start + batch_size]
         total -= estimator.differentiable_loss(vae.model, vae.guide, batch).detach()
     return float(total) / len(x)
-
-
-def standard_error(values: torch.Tensor) -> float:
-    """S.e. of the mean of a per-datum tensor: sd / sqrt(N) (nan for one datum)."""
-    n = len(values)
-    return float(values.std()) / math.sqrt(n) if n > 1 else math.nan
 
 
 @dataclass
@@ -163,7 +159,7 @@ class _Running:
         return value, (ratio.clamp_min(0.0) / (n - 1)).sqrt(), ess
 
 
-def _per_datum_log_weights(vae: VAE, x: torch.Tensor, draws: int, proposal: str,
+def _per_datum_log_weights(vae: ModelGuidePair, x: torch.Tensor, draws: int, proposal: str,
                            nesting: int) -> torch.Tensor:
     """``(draws, B)`` float64 unscaled log-weights of ``draws`` fresh particles per datum.
 
@@ -190,7 +186,7 @@ def _per_datum_log_weights(vae: VAE, x: torch.Tensor, draws: int, proposal: str,
 
 
 @torch.no_grad()
-def log_likelihood(vae: VAE, x: torch.Tensor, samples: int | Sequence[int] = 5000,
+def log_likelihood(vae: ModelGuidePair, x: torch.Tensor, samples: int | Sequence[int] = 5000,
                    proposal: str = "guide", chunk: int = 500,
                    batch_size: int | None = None) -> LogLikelihood | list[LogLikelihood]:
     """Estimate log P(x_i) for each datum of ``x`` (``(N, *data_shape)``); see the module.
@@ -225,7 +221,7 @@ def log_likelihood(vae: VAE, x: torch.Tensor, samples: int | Sequence[int] = 500
     return results[0] if isinstance(samples, int) else results
 
 
-def _plate_nesting(vae: VAE, x: torch.Tensor) -> int:
+def _plate_nesting(vae: ModelGuidePair, x: torch.Tensor) -> int:
     """How many plates deep the model and guide go (Pyro's guess, from one run)."""
     elbo = pyro.infer.Trace_ELBO(vectorize_particles=True)
     with forked_rng(x):
@@ -247,7 +243,7 @@ def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
         raise ValueError("cannot estimate the log-likelihood of an empty data set")
 
 
-def nll_report(vae: VAE, x: torch.Tensor, samples: int, chunk: int = 500,
+def nll_report(vae: ModelGuidePair, x: torch.Tensor, samples: int, chunk: int = 500,
                combine=None) -> dict:
     """The test NLL by importance sampling (IWAE-k) of the data ``x``, for evaluation.json:
     :meth:`LogLikelihood.summary` plus ``test_nll_chunk`` and ``test_nll_seconds`` (wall

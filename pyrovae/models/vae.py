@@ -6,8 +6,8 @@
                (or any registered guide built on the encoder's mu(X), sigma(X): a flow, ...)
 
 Prior, likelihood and guide are objects found by name in their registries
-(:data:`~pyrovae.priors.PRIORS`, :data:`~pyrovae.likelihoods.LIKELIHOODS`,
-:data:`~pyrovae.guides.GUIDES`); the VAE never branches on which it holds.
+(:data:`~pyrovae.components.priors.PRIORS`, :data:`~pyrovae.components.likelihoods.LIKELIHOODS`,
+:data:`~pyrovae.components.guides.GUIDES`); the VAE never branches on which it holds.
 
 Estimators, training, evaluation and plots use this pair and never reimplement it.
 """
@@ -22,24 +22,25 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyrovae.guides import Guide, build_guide
-from pyrovae.likelihoods import Likelihood, build_likelihood
-from pyrovae.networks import Decoder, Encoder, check_sizes
-from pyrovae.priors import Prior, build_prior
+from pyrovae.components.guides import Guide, build_guide
+from pyrovae.components.likelihoods import Likelihood, build_likelihood
+from pyrovae.components.networks import Decoder, Encoder, check_sizes
+from pyrovae.components.priors import Prior, build_prior
 
 
 class VAE(PyroModule):
-    """A variational autoencoder: prior, decoder + likelihood (the model); encoder + ``q``, the
-    :class:`~pyrovae.guides.Guide` that turns the encoder's output into Q(z|X) (the guide).
+    """A variational autoencoder: prior, decoder + likelihood (the model); encoder + ``q``,
+    the :class:`~pyrovae.components.guides.Guide` that turns the encoder's output into Q(z|X)
+    (the guide).
 
     Args:
         data_shape: shape of one datum, e.g. ``(1, 28, 28)``.
         z_dim: latent dimension k >= 1.
         hidden: encoder hidden widths; the decoder uses them in reverse order.
-        activation: hidden-layer activation name (``pyrovae.networks.ACTIVATIONS``).
-        prior: a :class:`~pyrovae.priors.Prior` or a registered prior name.
-        likelihood: a :class:`~pyrovae.likelihoods.Likelihood` or a registered name.
-        guide: a :class:`~pyrovae.guides.Guide` or a registered name: Q(z|X) built on the
+        activation: hidden-layer activation name (``pyrovae.components.networks.ACTIVATIONS``).
+        prior: a :class:`~pyrovae.components.priors.Prior` or a registered prior name.
+        likelihood: a :class:`~pyrovae.components.likelihoods.Likelihood` or a registered name.
+        guide: a :class:`~pyrovae.components.guides.Guide` or a registered name: Q(z|X) built on the
             encoder's ``loc, scale`` (``"diagonal"``, Doersch's; ``"flow"``, IAF steps).
         encoder, decoder: optional networks replacing the default MLPs; the encoder maps
             ``(B, *data_shape)`` to ``loc, scale`` of shape ``(B, z_dim)``, the decoder maps

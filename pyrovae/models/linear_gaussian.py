@@ -30,10 +30,9 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.kl import kl_standard_normal
-from pyrovae.likelihoods import GaussianLikelihood
-from pyrovae.model import VAE
-from pyrovae.networks import check_sizes
+from pyrovae.components.likelihoods import GaussianLikelihood
+from pyrovae.components.networks import check_sizes
+from pyrovae.models.vae import VAE
 
 
 class AffineEncoder(PyroModule):
@@ -54,7 +53,7 @@ class AffineEncoder(PyroModule):
 
 
 class LinearGaussianVAE(VAE):
-    """Probabilistic PCA (see the module docstring) as a :class:`~pyrovae.model.VAE`.
+    """Probabilistic PCA (see the module docstring) as a :class:`~pyrovae.models.vae.VAE`.
 
     Args:
         data_shape: shape of one datum; d = prod(data_shape).
@@ -106,7 +105,9 @@ class LinearGaussianVAE(VAE):
         d = w.shape[0]
         expected_log_lik = (-0.5 * d * math.log(2 * math.pi * sigma ** 2)
                             - (residual.square().sum(-1) + spread) / (2 * sigma ** 2))
-        return expected_log_lik - kl_standard_normal(loc, scale)
+        q = dist.Normal(loc, scale).to_event(1)
+        prior = dist.Normal(torch.zeros_like(loc), torch.ones_like(scale)).to_event(1)
+        return expected_log_lik - torch.distributions.kl_divergence(q, prior)  # torch's eq. 7
 
     def kl_to_posterior(self, x: torch.Tensor) -> torch.Tensor:
         """D[Q(z|x) || p(z|x)], shape ``(B,)``: the gap log p(x) - ELBO(Q)."""

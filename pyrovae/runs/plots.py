@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyrovae.model import VAE  # noqa: E402
+from pyrovae.models.vae import VAE  # noqa: E402
 
 
 def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
@@ -172,4 +172,25 @@ def plot_image_table(columns: Sequence[tuple[str, torch.Tensor]], path: str | Pa
             ax.text(-1.5, r * (h + 1) + h / 2, label, ha="right", va="center", fontsize=8)
     ax.set_title(title, pad=14, fontsize=9)
     ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_comparison(rows: list[dict], path: str | Path) -> Path:
+    """Four panels, one bar per estimator: bound +- sd, encoder SNR, decoder SNR, ms/step."""
+    labels = [row["estimator"] for row in rows]
+    panels = [("bound", "bound_sd", "bound, nats per datum (+- sd across repeats)"),
+              ("encoder_snr", None, "encoder gradient SNR"),
+              ("decoder_snr", None, "decoder gradient SNR"),
+              ("ms_per_step", None, "ms per loss + backward")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.4 * len(rows) + 1.5),
+                             sharey=True)
+    for ax, (key, error, title) in zip(axes, panels):
+        values = [row[key] for row in rows]
+        if error:  # a bound is a point on an axis of nats, not a bar from 0
+            ax.errorbar(values, labels, xerr=[row[error] for row in rows], fmt="o")
+        else:
+            ax.barh(labels, values)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
     return _save(fig, path)

@@ -1,28 +1,29 @@
 """The SVI loop: epochs, progress, metrics, device choice, trainer state for checkpoints.
 
-The step itself is a stepper's job (:mod:`pyrovae.steppers`): ``fast`` (sync-free, optionally
-a CUDA graph) or ``svi`` (the reference, ``pyro.infer.SVI``). The loss is read once per epoch.
+The step itself is a stepper's job (:mod:`pyrovae.training.steppers`): ``fast`` (sync-free,
+optionally a CUDA graph) or ``svi`` (the reference, ``pyro.infer.SVI``). The loss is read once
+per epoch. Side effects (checkpoints, metrics files, progress, signals) are callbacks
+(:mod:`pyrovae.training.callbacks`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
-from pyrovae.data import DeviceBatches, check_images
-from pyrovae.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
-from pyrovae.estimators import Estimator, build_estimator
-from pyrovae.evaluation import evaluate_elbo
-from pyrovae.model import VAE
-from pyrovae.rng import forked_rng, rng_state, set_rng_state
-from pyrovae.steppers import (
+from pyrovae.components.data import DeviceBatches, check_images
+from pyrovae.components.rng import forked_rng, rng_state, set_rng_state
+from pyrovae.inference.estimators import Estimator, build_estimator
+from pyrovae.inference.evaluation import evaluate_elbo
+from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.training.callbacks import Callback, ProgressBar
+from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
+from pyrovae.training.steppers import (
     COMPILE_MODES,
     NAN_ACTIONS,
     STEPPERS,
@@ -62,14 +63,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Trainer:
-    """Trains a :class:`~pyrovae.model.VAE` by SVI, epoch by epoch.
+    """Trains a model/guide pair (:class:`~pyrovae.models.vae.VAE` or any object with ``model``,
+    ``guide``, ``parameters()`` and ``data_shape``) by SVI, epoch by epoch.
 
     Args:
         vae: the model/guide pair, already on its device.
-        estimator: an :class:`~pyrovae.estimators.Estimator` or a registered name.
+        estimator: an :class:`~pyrovae.inference.estimators.Estimator` or a registered name.
         lr: Adam learning rate (> 0).
         clip_norm: per-parameter gradient norm clip, or ``None``.
-        stepper: ``"fast"`` or ``"svi"`` (see :mod:`pyrovae.steppers`).
+        stepper: ``"fast"`` or ``"svi"`` (see :mod:`pyrovae.training.steppers`).
         particles: Monte-Carlo particles per step when ``estimator`` is a name.
         compile: ``"auto"`` (a CUDA graph of the fast step when on CUDA and the estimator
             and guide allow it, eager otherwise; the log says which and why), ``"graph"``
@@ -80,7 +82,7 @@ class Trainer:
             device; on the CPU the skip reads each step's verdict, elsewhere the counts are
             read once per epoch.
         beta: the KL weight B > 0 of the beta-VAE objective E_Q[log P(X|z)] - B D[Q || P(z)],
-            applied by the estimator's :class:`~pyrovae.handlers.KLWeightMessenger` (every
+            applied by the estimator's :class:`~pyrovae.inference.handlers.KLWeightMessenger` (every
             latent site's log-density times beta, in model and guide), so every estimator
             gets it.
         kl_warmup: N >= 0 epochs of linear KL warm-up: epoch e (1, 2, ...) trains with
@@ -88,7 +90,7 @@ class Trainer:
         adam_betas, adam_eps: Adam's moment decay rates (each in [0, 1)) and denominator
             constant (> 0); Burda et al. (2015) train with eps 1e-4.
 
-        distributed: this process's rank (:mod:`pyrovae.distributed`); with several ranks
+        distributed: this process's rank (:mod:`pyrovae.training.distributed`); with several ranks
             (``fast`` stepper only), ``fit`` and ``evaluate`` take this rank's shard of the
             data and report metrics over all ranks, and each epoch reseeds the RNG from
             (seed, epoch, rank).
@@ -104,7 +106,7 @@ class Trainer:
     one model at a time (stale entries of an earlier model would shadow this one's in SVI).
     """
 
-    def __init__(self, vae: VAE, estimator: Estimator | str = "trace", lr: float = 1e-3,
+    def __init__(self, vae: ModelGuidePair, estimator: Estimator | str = "trace", lr: float = 1e-3,
                  clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
                  kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
@@ -153,7 +155,7 @@ class Trainer:
         batch_size: int = 128,
         test_x: torch.Tensor | None = None,
         dynamic_binarize: bool = False,
-        on_epoch_end: Callable[[Trainer, dict], None] | None = None,
+        callbacks: Sequence[Callback] = (),
         progress: bool | None = None,
     ) -> list[dict]:
         """Train until ``self.epoch == epochs`` (so a restored trainer continues where it was).
@@ -165,8 +167,10 @@ class Trainer:
                 is dropped.
             test_x: optional held-out data; its ELBO is measured after each epoch.
             dynamic_binarize: resample binary data from the grey levels in every batch.
-            on_epoch_end: called with ``(trainer, metrics)`` after each epoch (checkpoints).
-            progress: show a tqdm bar; ``None`` shows it only on a terminal.
+            callbacks: :class:`~pyrovae.training.callbacks.Callback` objects, called in
+                order with host values (checkpoints, metrics files, signals).
+            progress: a :class:`~pyrovae.training.callbacks.ProgressBar` is added unless
+                ``False``; ``None`` shows it only on a terminal.
 
         Returns:
             ``self.history``: one dict per epoch with ``epoch``, ``train_elbo`` and
@@ -176,8 +180,8 @@ class Trainer:
 
         Raises:
             NonFiniteLossError: with ``on_nan="stop"``, after an epoch in which a loss or
-                gradient was NaN or infinite; that epoch is not recorded and
-                ``on_epoch_end`` is not called, so the last checkpoint stays the good one.
+                gradient was NaN or infinite; that epoch is not recorded and no callback's
+                ``on_epoch_end`` sees it, so the last checkpoint stays the good one.
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -186,51 +190,61 @@ class Trainer:
             self.check_data(test_x, "test_x")
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
         self._choose_graph(train_x[:batch_size])
-        show = (sys.stderr.isatty() if progress is None else progress) \
-            and self.distributed.is_main
-        bar = tqdm(total=epochs, initial=self.epoch, disable=not show, unit="epoch",
-                   desc="training")
-        while self.epoch < epochs:
-            beta = self.beta_at(self.epoch + 1)
-            if self.estimator.kl_weight is not None:
-                self.estimator.set_kl_weight(beta)  # in place: a captured graph sees it
-            ctx = self.distributed
-            if ctx.enabled:  # own draws and order per rank, resumable by epoch
-                pyro.set_rng_seed(rank_seed(ctx.seed, self.epoch + 1, ctx.rank))
-            start = time.perf_counter()
-            for x in batches:
-                self.stepper.step(x)
-            stats = self.stepper.take_epoch()
-            seconds = time.perf_counter() - start
-            if stats.bad_steps and self.on_nan == "stop":
-                raise NonFiniteLossError(self.epoch + 1, stats.first_bad_step, stats.bad_steps,
-                                         stats.steps)
-            good = stats.steps - stats.bad_steps
-            data_per_step = batch_size * self.distributed.world_size
-            train_elbo = -stats.loss_sum / (good * data_per_step) if good else math.nan
-            self.epoch += 1
-            metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds,
-                       "beta": beta}
-            if stats.bad_steps:
-                metrics["skipped_steps"] = stats.bad_steps
-                logger.warning("epoch %d: skipped %d of %d steps with a NaN/infinite loss or "
-                               "gradient", self.epoch, stats.bad_steps, stats.steps)
-            if test_x is not None:
-                metrics["test_elbo"] = self.evaluate(test_x, batch_size)
-            self.history.append(metrics)
-            bar.set_postfix({k: f"{v:.2f}" for k, v in metrics.items() if k.endswith("elbo")})
-            bar.update(1)
-            logger.info("epoch %d: %s", self.epoch, metrics)
-            if on_epoch_end is not None:
-                on_epoch_end(self, metrics)
-            if self.distributed.enabled:  # every rank stops after the same epoch
-                flag = torch.tensor([float(self.stop_requested)], device=train_x.device)
-                self.stop_requested = bool(all_reduce(flag, self.distributed, "max").item())
-            if self.stop_requested:
-                logger.warning("stopping after epoch %d, as asked", self.epoch)
-                break
-        bar.close()
+        callbacks = list(callbacks) + ([ProgressBar(progress)] if progress is not False else [])
+        try:
+            for callback in callbacks:
+                callback.on_fit_start(self, epochs)
+            while self.epoch < epochs:
+                metrics = self._epoch(batches, batch_size, test_x)
+                for callback in callbacks:
+                    callback.on_epoch_end(self, metrics)
+                if self.distributed.enabled:  # every rank stops after the same epoch
+                    flag = torch.tensor([float(self.stop_requested)], device=train_x.device)
+                    self.stop_requested = bool(all_reduce(flag, self.distributed, "max").item())
+                if self.stop_requested:
+                    logger.warning("stopping after epoch %d, as asked", self.epoch)
+                    break
+        except BaseException as error:
+            for callback in callbacks:
+                callback.on_exception(self, error)
+            raise
+        finally:
+            for callback in callbacks:
+                callback.on_fit_end(self)
         return self.history
+
+    def _epoch(self, batches: DeviceBatches, batch_size: int,
+               test_x: torch.Tensor | None) -> dict:
+        """Train one epoch, record it in ``history`` and return its metrics (host values)."""
+        beta = self.beta_at(self.epoch + 1)
+        if self.estimator.kl_weight is not None:
+            self.estimator.set_kl_weight(beta)  # in place: a captured graph sees it
+        ctx = self.distributed
+        if ctx.enabled:  # own draws and order per rank, resumable by epoch
+            pyro.set_rng_seed(rank_seed(ctx.seed, self.epoch + 1, ctx.rank))
+        start = time.perf_counter()
+        for x in batches:
+            self.stepper.step(x)
+        stats = self.stepper.take_epoch()
+        seconds = time.perf_counter() - start
+        if stats.bad_steps and self.on_nan == "stop":
+            raise NonFiniteLossError(self.epoch + 1, stats.first_bad_step, stats.bad_steps,
+                                     stats.steps)
+        good = stats.steps - stats.bad_steps
+        data_per_step = batch_size * ctx.world_size
+        train_elbo = -stats.loss_sum / (good * data_per_step) if good else math.nan
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, "train_elbo": train_elbo, "seconds": seconds,
+                   "beta": beta}
+        if stats.bad_steps:
+            metrics["skipped_steps"] = stats.bad_steps
+            logger.warning("epoch %d: skipped %d of %d steps with a NaN/infinite loss or "
+                           "gradient", self.epoch, stats.bad_steps, stats.steps)
+        if test_x is not None:
+            metrics["test_elbo"] = self.evaluate(test_x, batch_size)
+        self.history.append(metrics)
+        logger.info("epoch %d: %s", self.epoch, metrics)
+        return metrics
 
     def set_lr(self, lr: float) -> None:
         """Train the next steps with learning rate ``lr`` (> 0), e.g. from a schedule."""

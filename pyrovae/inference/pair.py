@@ -1,0 +1,25 @@
+"""What every layer from inference up needs of a model: a model/guide pair.
+
+Two Pyro callables over the same data, with parameters in an ``nn.Module`` (a
+``PyroModule``, or plain modules registered with ``pyro.module``) or in ``pyro.param``
+statements. pyrovae's :class:`~pyrovae.models.vae.VAE` is one; inference and training
+only call ``model(*args)`` and ``guide(*args)``, so they import nothing from
+:mod:`pyrovae.models`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class ModelGuidePair(Protocol):
+    """An object with a Pyro ``model`` and a Pyro ``guide`` taking the same arguments.
+
+    ``model(x)`` samples the latent sites and observes the data; ``guide(x)`` samples the
+    same latent sites (Pyro's contract, checked by ``pyro.util.check_model_guide_match``).
+    """
+
+    def model(self, *args, **kwargs) -> None: ...
+
+    def guide(self, *args, **kwargs) -> None: ...

@@ -1,0 +1,134 @@
+"""``train_run``: a config trained into a run folder, resumable, on one or several ranks.
+
+This is wiring: the config's job (:mod:`pyrovae.runs.jobs`) builds the module and data,
+the :class:`~pyrovae.training.trainer.Trainer` trains, and callbacks write the run files
+(:mod:`pyrovae.runs.callbacks`), stop on SIGINT and show progress
+(:mod:`pyrovae.training.callbacks`). The folder's layout: :mod:`pyrovae.runs.folders`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyrovae.components.data import check_batch_size, load_dataset
+from pyrovae.runs.callbacks import MetricsLog, SaveCheckpoint
+from pyrovae.runs.checkpoints import RESUME_FIELDS, load_checkpoint
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.folders import (
+    check_new_run_dir,
+    default_run_dir,
+    environment,
+    prepare_run_dir,
+    write_json,
+)
+from pyrovae.runs.jobs import job_for
+from pyrovae.training import distributed
+from pyrovae.training.callbacks import StopOnSigint
+from pyrovae.training.trainer import NonFiniteLossError, Trainer, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped at an epoch boundary on SIGINT, after writing the checkpoint."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        self.run_dir, self.epoch = run_dir, epoch
+        super().__init__(f"interrupted after epoch {epoch}; the checkpoint in {run_dir} is "
+                         f"complete: continue with --resume --out {run_dir}")
+
+
+def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool = False,
+              force: bool = False, progress: bool | None = None) -> Path:
+    """Train ``config`` into the run folder ``out`` and return the folder.
+
+    ``resume`` continues from ``out/checkpoint.pt`` with the saved config (``epochs`` and
+    ``device`` taken from ``config``), reproducing on the CPU the numbers of an uninterrupted
+    run. An existing run folder is refused unless ``resume`` or ``force`` (which deletes its
+    run files). Every input is checked before anything is written.
+
+    A first SIGINT (Ctrl-C) finishes the current epoch, writes its checkpoint and raises
+    :class:`RunInterrupted`; a second one interrupts at once (the last checkpoint stays).
+    """
+    ctx = distributed.from_environment()
+    if ctx.enabled and out is None:
+        raise ValueError(f"pass --out when training on {ctx.world_size} ranks: every rank "
+                         "must name the same run folder")
+    run_dir, config = _check_run_dir(config, out, resume, force)  # every rank; reads only
+    device = distributed.device_for(ctx, resolve_device(config.device))
+    ctx = replace(ctx, seed=config.seed)
+    created = distributed.init(ctx, device, config.dist_timeout)
+    try:
+        distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
+        return _train(config, run_dir, resume, force, progress, ctx, device)
+    except RuntimeError as error:
+        if ctx.enabled and not isinstance(error, NonFiniteLossError):
+            logger.error("rank %d of %d: training failed", ctx.rank, ctx.world_size,
+                         exc_info=True)  # the traceback, before the one-line summary
+            raise distributed.RankFailure(ctx, config.dist_timeout, error) from error
+        raise
+    finally:
+        distributed.shutdown(created)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progress,
+           ctx: distributed.Distributed, device: torch.device) -> Path:
+    """:func:`train_run` once the folder is checked and the process group (if any) joined;
+    rank 0 alone writes."""
+    pyro.set_rng_seed(config.seed)
+    job = job_for(config, device)
+    if config.download and ctx.enabled:  # rank 0 downloads; the others then read the files
+        if ctx.is_main:
+            load_dataset(config.dataset, config.data_dir, True)
+        distributed.barrier(ctx)
+    job.prepare(load_dataset(config.dataset, config.data_dir, config.download and ctx.is_main))
+    check_batch_size(config.batch_size, len(job.train_x))
+    distributed.check_shardable(len(job.test_x), ctx, "the test set")
+    batch_size = distributed.local_batch_size(config.batch_size, ctx)
+    train_x = distributed.shard(job.train_x, ctx, equal=True)
+    test_x = distributed.shard(job.test_x, ctx, equal=False)
+    trainer = Trainer(job.module, config.build_estimator(), lr=config.lr,
+                      clip_norm=config.clip_norm, stepper=config.stepper,
+                      compile=config.compile, on_nan=config.on_nan, beta=config.beta,
+                      kl_warmup=config.kl_warmup, distributed=ctx)
+    checkpoint = run_dir / "checkpoint.pt"
+    if resume:
+        trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])
+        logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
+    callbacks = [StopOnSigint()]
+    if ctx.is_main:
+        prepare_run_dir(run_dir, clear=force and not resume)
+        write_json(run_dir / "config.json", config.to_dict())
+        write_json(run_dir / "environment.json", environment(device, ctx.world_size))
+        callbacks = [SaveCheckpoint(checkpoint, config, job.data_shape), MetricsLog(run_dir),
+                     *callbacks]
+    trainer.fit(train_x, config.epochs, batch_size, test_x=test_x,
+                dynamic_binarize=config.binarize == "dynamic", callbacks=callbacks,
+                progress=progress)
+    if trainer.epoch < config.epochs:
+        raise RunInterrupted(run_dir, trainer.epoch)
+    if ctx.is_main:  # what the kind writes at the end: figures, baselines
+        job.finish(trainer.history, run_dir)
+    return run_dir
+
+
+def _check_run_dir(config: TrainConfig, out, resume: bool, force: bool
+                   ) -> tuple[Path, TrainConfig]:
+    """The run folder and the config to train (the saved one when resuming); writes nothing."""
+    config.validate()
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    if resume:
+        if not (run_dir / "checkpoint.pt").is_file():
+            raise ValueError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; start "
+                             "a new run without --resume")
+        saved = TrainConfig.load(run_dir / "config.json")
+        for name in RESUME_FIELDS:
+            setattr(saved, name, getattr(config, name))
+        return run_dir, saved.validate()
+    check_new_run_dir(run_dir, force)
+    return run_dir, config
