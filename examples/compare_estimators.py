@@ -26,7 +26,7 @@ import pyro  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.inference.compare import EstimatorSpec, compare_estimators  # noqa: E402
 from pyrovae.inference.evaluation import log_likelihood  # noqa: E402
-from pyrovae.runs.plots import _save as save  # noqa: E402
+from pyrovae.runs.plots import save_figure as save  # noqa: E402
 
 TRAINED = ["trace", "analytic", "iwae:5", "iwae:50", "iwae_dreg:5", "iwae_dreg:50"]
 

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 from pyrovae import TrainConfig, train_run
-from pyrovae.models.conditioning import pack
-from pyrovae.runs.cvae_job import evaluate_cvae_run, load_cvae_data, load_cvae_run
 from pyrovae.runs.folders import write_json
+from pyrovae.runs.jobs import job_for_run
 
 
 def main(argv=None) -> dict:
@@ -28,23 +27,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/")
     parser.add_argument("--dataset", default="mnist", help="mnist (or digits, for a smoke run)")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--cvae-prior", default="fixed", help="fixed or learned")
+    parser.add_argument("--prior", default="standard_normal", help="P(z|X): any registered "
+                        "prior; standard_normal is Doersch's fixed N(0, I), conditional_normal "
+                        "a prior network N(m(X), diag s(X)^2)")
     parser.add_argument("--nll-samples", type=int, default=500,
                         help="importance samples per test datum for the CVAE's NLL")
     parser.add_argument("--limit", type=int, default=None, help="first N test data only")
     parser.add_argument("--out", default="runs/cvae_quadrant")
     args = parser.parse_args(argv)
-    config = TrainConfig(model="cvae", condition="quadrant", cvae_prior=args.cvae_prior,
+    config = TrainConfig(model="cvae", condition="quadrant", prior=args.prior,
                          dataset=args.dataset, data_dir=args.data_dir, binarize="dynamic",
                          likelihood="bernoulli", elbo="analytic", z_dim=20, hidden=[400],
                          epochs=args.epochs, batch_size=128, lr=1e-3, device="cpu")
     start = time.perf_counter()
     run_dir = train_run(config, args.out, force=True)
     wall = time.perf_counter() - start
-    run = load_cvae_run(run_dir)
-    data = load_cvae_data(run)
-    test_x = pack(*run.condition.split(data.test_x[:args.limit], data.test_y[:args.limit]))
-    result = evaluate_cvae_run(run, test_x, nll_samples=args.nll_samples)
+    result = job_for_run(run_dir).evaluate(run_dir, nll_samples=args.nll_samples,
+                                           limit=args.limit)
     write_json(Path(run_dir) / "evaluation.json", result)
     history = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
     cvae_seconds = sum(m["seconds"] for m in history)

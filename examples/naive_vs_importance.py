@@ -31,7 +31,7 @@ import pyro  # noqa: E402
 from pyrovae import TrainConfig, load_dataset, load_run, train_run  # noqa: E402
 from pyrovae.inference.evaluation import log_likelihood  # noqa: E402
 from pyrovae.runs.job import prepare_data  # noqa: E402
-from pyrovae.runs.plots import _save as save  # noqa: E402
+from pyrovae.runs.plots import save_figure as save  # noqa: E402
 
 
 def log_grid(largest: int, smallest: int = 1) -> list[int]:

@@ -18,7 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
 
-from pyrovae import PRIORS, VAE, Trainer, build_estimator, evaluate_elbo, load_dataset  # noqa: E402
+from pyrovae import (  # noqa: E402
+    VAE,
+    Trainer,
+    build_estimator,
+    evaluate_elbo,
+    load_dataset,
+    prior_names,
+)
 from pyrovae.inference.check_kl import kl_method  # noqa: E402
 from pyrovae.runs.plots import image_grid  # noqa: E402
 
@@ -37,7 +44,7 @@ def train_with_prior(name: str, data, epochs: int, z_dim: int) -> dict:
 
 def main(epochs: int = 50, z_dim: int = 2, out: str = "swap_prior.png") -> list[dict]:
     data = load_dataset("digits")
-    rows = [train_with_prior(name, data, epochs, z_dim) for name in PRIORS.names()]
+    rows = [train_with_prior(name, data, epochs, z_dim) for name in prior_names()]
     print(f"digits, z_dim {z_dim}, {epochs} epochs, Gaussian likelihood (sigma 0.1), diagonal "
           "guide; test ELBO in nats per image (mean over 300 test images, 20 draws each)\n")
     print(f"{'prior':<17}{'test ELBO':>11}{'prior params':>14}  KL term")

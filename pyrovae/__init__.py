@@ -19,6 +19,7 @@ from pyrovae.components.likelihoods import LIKELIHOODS, Likelihood, build_likeli
 from pyrovae.components.networks import MLP, Decoder, Encoder
 from pyrovae.components.priors import (
     PRIORS,
+    ConditionalNormal,
     DiagonalNormal,
     FlowPrior,
     MixturePrior,
@@ -26,6 +27,7 @@ from pyrovae.components.priors import (
     StandardNormal,
     VampPrior,
     build_prior,
+    prior_names,
 )
 from pyrovae.components.registry import Registry
 from pyrovae.inference.check_kl import check_kl
@@ -45,7 +47,7 @@ from pyrovae.inference.kl import (
 from pyrovae.inference.pair import ModelGuidePair
 from pyrovae.inference.trace_elbo import AnalyticELBO, MeanFieldELBO, TraceELBO, TraceGraphELBO
 from pyrovae.models.conditioning import CONDITIONS, Condition, build_condition
-from pyrovae.models.cvae import CVAE, CVAE_PRIORS, PackedCVAE, Regressor
+from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor
 from pyrovae.models.linear_gaussian import LinearGaussianVAE, make_linear_gaussian
 from pyrovae.models.vae import VAE
 from pyrovae.runs.config import TrainConfig
@@ -74,7 +76,8 @@ __all__ = [
     "EstimatorAxes", "EstimatorSpec", "IWAE", "IWAEDReG", "ImportanceWeighted",
     "KLWeightMessenger", "LogLikelihood", "RenyiBound", "ScoreFunctionMessenger",
     "TraceGraphELBO", "compare_estimators", "log_likelihood", "renyi_bound", "run_compare",
-    "CONDITIONS", "CVAE", "CVAE_PRIORS", "Condition", "PackedCVAE", "Regressor",
+    "CONDITIONS", "CVAE", "Condition", "PackedCVAE", "Regressor",
     "build_condition", "evaluate_cvae_run", "load_cvae_run",
-    "Callback", "JOBS", "Job", "ModelGuidePair", "ProgressBar", "StopOnSigint",
+    "Callback", "ConditionalNormal", "JOBS", "Job", "ModelGuidePair", "ProgressBar",
+    "StopOnSigint", "prior_names",
 ]

@@ -14,7 +14,7 @@ from pyro.util import check_model_guide_match
 
 from pyrovae.components.guides import GUIDES
 from pyrovae.components.likelihoods import LIKELIHOODS, build_likelihood
-from pyrovae.components.priors import PRIORS
+from pyrovae.components.priors import prior_names
 from pyrovae.inference.estimators import ESTIMATORS, build_estimator
 from pyrovae.models.vae import VAE
 from pyrovae.training.steppers import FastStepper
@@ -40,7 +40,7 @@ def assert_every_parameter_has_a_gradient(module: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("name", PRIORS.names())
+@pytest.mark.parametrize("name", prior_names())
 def test_prior_shapes_draws_log_prob_and_gradients(name, batch):
     prior = tiny_vae(prior=name).prior  # attached to its VAE, as training uses it
     distribution = prior((batch,))
@@ -111,7 +111,7 @@ def test_bernoulli_on_grey_data_says_to_binarise(tiny_images):
 
 
 @pytest.mark.parametrize("prior,likelihood,guide",
-                         list(itertools.product(PRIORS.names(), LIKELIHOODS.names(),
+                         list(itertools.product(prior_names(), LIKELIHOODS.names(),
                                                 GUIDES.names())))
 def test_every_combination_passes_validation_and_model_guide_match(tiny_images, prior,
                                                                    likelihood, guide):
@@ -130,7 +130,7 @@ def test_every_combination_passes_validation_and_model_guide_match(tiny_images, 
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS.names())
-@pytest.mark.parametrize("prior,guide", list(itertools.product(PRIORS.names(), GUIDES.names())))
+@pytest.mark.parametrize("prior,guide", list(itertools.product(prior_names(), GUIDES.names())))
 def test_fast_step_is_sync_free_for_every_prior_and_guide(tiny_images, prior, guide, estimator):
     vae = tiny_vae(prior=prior, guide=guide)
     stepper = FastStepper(vae, build_estimator(estimator), lr=1e-3, clip_norm=1.0)
@@ -149,7 +149,7 @@ def test_fast_step_is_sync_free_for_every_likelihood(tiny_images, likelihood):
     assert math.isfinite(stepper.take_epoch().loss_sum)
 
 
-LEARNABLE = [("prior", name) for name in PRIORS.names()
+LEARNABLE = [("prior", name) for name in prior_names()
              if list(tiny_vae(prior=name).prior.parameters())] + \
             [("q", name) for name in GUIDES.names() if list(tiny_vae(guide=name).q.parameters())]
 

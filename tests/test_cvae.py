@@ -12,17 +12,12 @@ from pyro import poutine
 from pyro.util import check_model_guide_match
 
 from pyrovae.components.data import load_dataset
+from pyrovae.components.guides import GUIDES
+from pyrovae.components.priors import PRIORS
 from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.kl import closed_form_kl, monte_carlo_kl
 from pyrovae.models.conditioning import CONDITIONS, build_condition, pack, unpack
-from pyrovae.models.cvae import (
-    CVAE,
-    CVAE_PRIORS,
-    PackedCVAE,
-    Regressor,
-    fit_regressor,
-    regressor_nll,
-)
+from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, regressor_nll
 from pyrovae.training.steppers import FastStepper
 from pyrovae.training.sync_guard import SyncGuard
 from pyrovae.training.trainer import Trainer
@@ -39,18 +34,45 @@ def digits():
             torch.bernoulli(data.test_x, generator=generator), data.test_y)
 
 
-def make_cvae(condition, prior="fixed", z_dim=3, hidden=(32,)):
+# Doersch's fixed P(z|X) = N(0, I), and the learned prior network N(m(X), diag s(X)^2)
+FIXED, LEARNED = "standard_normal", "conditional_normal"
+
+
+def make_cvae(condition, prior=FIXED, z_dim=3, hidden=(32,), guide="diagonal"):
     return CVAE(condition.x_dim, condition.y_dim, z_dim=z_dim, hidden=hidden,
-                likelihood="bernoulli", prior=prior)
+                likelihood="bernoulli", prior=prior, guide=guide, components=3)
 
 
 def test_every_condition_and_prior_is_tested():
     assert set(CONDITIONS.names()) == {*PIXEL_TASKS, "label"}
-    assert set(CVAE_PRIORS.names()) == {"fixed", "learned"}
+    assert {FIXED, LEARNED} <= set(PRIORS.names())
+
+
+@pytest.mark.parametrize("prior,guide", [(p, "diagonal") for p in PRIORS.names()]
+                         + [(LEARNED, g) for g in GUIDES.names() if g != "diagonal"])
+def test_every_prior_and_guide_gives_a_cvae_whose_model_and_guide_match(digits, prior, guide):
+    """P(z|X) from any registered prior (unconditional ones ignore X; the VampPrior mixes
+    Q(z|u_k, X)) and Q(z|X, Y) from any registered guide: Pyro's site check passes, P(z|X)
+    has batch (B,) and changes with X where the prior is conditional, draws are finite."""
+    images, labels = digits[0][:6], digits[1][:6]
+    condition = build_condition("quadrant", images.shape[1:])
+    x, y = condition.split(images, labels)
+    cvae = make_cvae(condition, prior, guide=guide)
+    pyro.set_rng_seed(0)
+    check_model_guide_match(poutine.trace(cvae.model).get_trace(x, y),
+                            poutine.trace(cvae.guide).get_trace(x, y))
+    z = cvae.conditional_prior(x).sample()
+    assert z.shape == (6, 3) and torch.isfinite(z).all()
+    log_p = cvae.conditional_prior(x).log_prob(z)
+    other = cvae.conditional_prior(x.flip(0)).log_prob(z)
+    assert log_p.shape == (6,)
+    depends = PRIORS.get(prior).needs_context or prior == "vamp"
+    assert torch.equal(log_p, other) != depends
+    assert cvae.predict(x, 4).shape == (4, 6, condition.y_dim)
 
 
 @pytest.mark.parametrize("name,prior", list(itertools.product(CONDITIONS.names(),
-                                                              CVAE_PRIORS.names())))
+                                                              (FIXED, LEARNED))))
 def test_shapes_sites_and_model_guide_match(digits, name, prior):
     images, labels = digits[0][:5], digits[1][:5]
     condition = build_condition(name, images.shape[1:])
@@ -121,11 +143,11 @@ def test_learned_prior_kl_is_analytic_and_matches_monte_carlo(digits):
     images, labels = digits[0][:8], digits[1][:8]
     condition = build_condition("quadrant", images.shape[1:])
     x, y = condition.split(images, labels)
-    cvae = make_cvae(condition, "learned")
+    cvae = make_cvae(condition, LEARNED)
     with torch.no_grad():  # move P(z|X) off N(0, I) so the KL is not the fixed prior's
         for p in cvae.prior.parameters():
             p.add_(0.3 * torch.randn_like(p))
-        q, p = cvae.posterior(x, y), cvae.prior(x)
+        q, p = cvae.posterior(x, y), cvae.conditional_prior(x)
         exact = closed_form_kl(q, p)
         mc = monte_carlo_kl(q, p, 20000)
     assert exact.shape == (8,) and torch.all(exact > 0)
@@ -141,7 +163,7 @@ def test_learned_prior_kl_is_analytic_and_matches_monte_carlo(digits):
     assert torch.allclose(elbo, expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("prior", CVAE_PRIORS.names())
+@pytest.mark.parametrize("prior", PRIORS.names())
 def test_fast_step_is_sync_free(digits, prior):
     images, labels = digits[0][:16], digits[1][:16]
     condition = build_condition("quadrant", images.shape[1:])
@@ -160,7 +182,8 @@ def per_datum_elbo(cvae, x, y, particles=20):
     with torch.no_grad():
         q = cvae.posterior(x, y)
         z = q.sample((particles,))
-        value = cvae.output(z, x).log_prob(y) + cvae.prior(x).log_prob(z) - q.log_prob(z)
+        prior = cvae.conditional_prior(x)
+        value = cvae.output(z, x).log_prob(y) + prior.log_prob(z) - q.log_prob(z)
     return value.mean(0).double()
 
 
@@ -178,7 +201,8 @@ def trained(digits):
     data = pack(*condition.split(train_x, train_y))
     Trainer(PackedCVAE(cvae), "analytic", lr=3e-3).fit(data, 20, 64, progress=False)
     regressor = Regressor(condition.x_dim, condition.y_dim, hidden=(64,))
-    losses = fit_regressor(regressor, data, 20, 64, lr=3e-3)
+    history = Trainer(PackedCVAE(regressor), "trace", lr=3e-3).fit(data, 20, 64, progress=False)
+    losses = [-epoch["train_elbo"] for epoch in history]
     return cvae, regressor, condition, x, y, before, losses
 
 
@@ -196,7 +220,7 @@ def test_draws_differ_for_one_input(trained):
     1.1 nats and spreads of at least 0.095 (mean 0.115) per pixel."""
     cvae, _, _, x, y, _, _ = trained
     with torch.no_grad():
-        kl = closed_form_kl(cvae.posterior(x, y), cvae.prior(x))
+        kl = closed_form_kl(cvae.posterior(x, y), cvae.conditional_prior(x))
     assert kl.mean() > 0.3, kl.mean()  # nats per datum
     draws = cvae.predict(x[:20], 50)  # (50, 20, 32) pixel probabilities
     spread = draws.std(0).mean(1)     # per input: mean over pixels of the sd across draws
@@ -212,9 +236,8 @@ def test_baseline_nll_is_exact_and_trained(trained):
     assert torch.allclose(nll, expected.double(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [dict(condition="quadrant"), dict(cvae_prior="learned"),
+@pytest.mark.parametrize("bad", [dict(condition="quadrant"), dict(prior=LEARNED),
                                  dict(model="cvae"), dict(model="cvae", condition="corner"),
-                                 dict(model="cvae", condition="half", prior="mixture"),
                                  dict(model="gan")])
 def test_config_refuses_bad_model_options(bad):
     from pyrovae.runs.config import TrainConfig

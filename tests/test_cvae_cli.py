@@ -1,20 +1,24 @@
 """``pyrovae train --model cvae``: run folder, resume, sample --given, evaluate, bad input."""
 
 import json
+import math
 
 import pytest
 import torch
 
+from pyrovae.components.guides import GUIDES
+from pyrovae.components.priors import PRIORS
 from pyrovae.runs.cli import main
 
 FAST = ["--model", "cvae", "--likelihood", "bernoulli", "--binarize", "static",
         "--hidden", "16", "--z-dim", "2", "--batch-size", "100", "--quiet"]
 
 
-@pytest.mark.parametrize("condition,prior", [("quadrant", "fixed"), ("label", "learned")])
+@pytest.mark.parametrize("condition,prior", [("quadrant", "standard_normal"),
+                                             ("label", "conditional_normal")])
 def test_train_sample_evaluate_a_cvae_run(tmp_path, capsys, condition, prior):
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--condition", condition, "--cvae-prior", prior,
+    assert main(["train", "--out", str(run), "--condition", condition, "--prior", prior,
                  "--epochs", "1", *FAST]) == 0
     assert "trained 1 epochs" in capsys.readouterr().out
     figures = ["completions.png", "curves.png"] + (["by_label.png"] if condition == "label"
@@ -63,12 +67,12 @@ def test_old_vae_checkpoint_without_model_fields_resumes(tmp_path):
     for path in (run / "config.json", run / "checkpoint.pt"):  # as written before issue 7
         if path.suffix == ".json":
             config = json.loads(path.read_text())
-            for key in ("model", "condition", "cvae_prior"):
+            for key in ("model", "condition"):
                 del config[key]
             path.write_text(json.dumps(config))
         else:
             state = torch.load(path, weights_only=False)
-            for key in ("model", "condition", "cvae_prior"):
+            for key in ("model", "condition"):
                 del state["config"][key]
             torch.save(state, path)
     assert main(["train", "--out", str(run), "--epochs", "2", "--resume", *small]) == 0
@@ -76,14 +80,11 @@ def test_old_vae_checkpoint_without_model_fields_resumes(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["train", "--condition", "quadrant"], "condition 'quadrant' needs --model cvae"),
-    (["train", "--cvae-prior", "learned"], "cvae_prior 'learned' needs --model cvae"),
+    (["train", "--prior", "conditional_normal"],
+     "prior 'conditional_normal' is P(z|X) and needs a context: use it with --model cvae"),
     (["train", "--model", "cvae"], "model 'cvae' needs condition: one of half, label"),
     (["train", "--model", "cvae", "--condition", "eye"], "got 'eye'"),
-    (["train", "--model", "cvae", "--condition", "half", "--cvae-prior", "vamp"],
-     "cvae_prior must be one of fixed, learned"),
-    (["train", "--model", "cvae", "--condition", "half", "--prior", "mixture"],
-     "prior 'mixture' is a vae option"),
-    (["train", "--model", "gan"], "model must be one of vae, cvae"),
+    (["train", "--model", "gan"], "model must be one of cvae, vae"),
 ])
 def test_bad_cvae_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "r")]) == 2
@@ -98,3 +99,38 @@ def test_given_needs_a_cvae_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(run), "--given", "test"]) == 2
     assert "--given completes inputs of a cvae run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prior,guide", [(p, "diagonal") for p in PRIORS.names()]
+                         + [("standard_normal", g) for g in GUIDES.names() if g != "diagonal"])
+def test_every_registered_prior_and_guide_trains_a_cvae_on_the_digits(tmp_path, prior, guide):
+    """Through the CLI: one epoch of the half task, then the run loads back and evaluates."""
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--condition", "half", "--prior", prior,
+                 "--guide", guide, "--components", "3", "--epochs", "1", *FAST]) == 0
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and math.isfinite(history[0]["train_elbo"])
+    assert main(["evaluate", str(run), "--limit", "20"]) == 0
+    assert math.isfinite(json.loads((run / "evaluation.json").read_text())["test_elbo"])
+
+
+def test_a_cvae_run_of_the_version_before_the_priors_were_shared_still_loads(tmp_path):
+    """config.json with ``cvae_prior: fixed`` and a checkpoint whose fixed prior kept its
+    buffers in ``prior.base``: evaluate, sample and resume read it as today's
+    ``standard_normal`` prior."""
+    run = tmp_path / "old"
+    assert main(["train", "--out", str(run), "--condition", "half", "--epochs", "1",
+                 *FAST]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["prior"]
+    config["cvae_prior"] = "fixed"
+    (run / "config.json").write_text(json.dumps(config))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["config"] = dict(config)
+    model = state["trainer"]["model"]
+    for name in ("loc", "scale"):
+        model[f"cvae.prior.base.{name}"] = model.pop(f"cvae.prior.{name}")
+    torch.save(state, run / "checkpoint.pt")
+    assert main(["evaluate", str(run), "--limit", "20"]) == 0
+    assert main(["train", "--out", str(run), "--condition", "half", "--epochs", "2",
+                 "--resume", *FAST]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def test_two_ranks_match_one_process_on_the_concatenated_batches(tmp_path):
 def test_a_dead_rank_stops_the_others_with_an_error_not_a_hang(tmp_path):
     codes, outputs = run_ranks("die", tmp_path, timeout=120, TIMEOUT="10")
     assert codes == [0, 3], outputs  # rank 0 caught an error and recorded it
-    assert "closed by peer" in (tmp_path / "error_rank0.txt").read_text()
+    # Gloo says "closed" or "reset" by peer, depending on when the dead rank's socket went
+    assert re.search(r"(closed|reset) by peer", (tmp_path / "error_rank0.txt").read_text())
 
 
 @pytest.mark.slow  # about 40 s: rank 1 sleeps 20 s

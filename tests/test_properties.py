@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyrovae.components.likelihoods import LIKELIHOODS, build_likelihood
-from pyrovae.components.priors import PRIORS
+from pyrovae.components.priors import prior_names
 from pyrovae.models.vae import VAE
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
@@ -52,7 +52,7 @@ def test_likelihood_check_refuses_out_of_support_values(name, value):
         likelihood.check(x)
 
 
-@pytest.mark.parametrize("name", PRIORS.names())
+@pytest.mark.parametrize("name", prior_names())
 @SETTINGS
 @given(batch=shapes, z_dim=st.integers(1, 8), scale=st.sampled_from([1.0, 10.0, 1e3]))
 def test_prior_draws_and_log_prob_are_finite(name, batch, z_dim, scale):

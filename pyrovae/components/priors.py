@@ -10,11 +10,20 @@ A prior defined through the rest of the model (the VampPrior needs the guide) ta
 needs in :meth:`Prior.attach`, which the owning :class:`~pyrovae.models.vae.VAE` calls once when
 its networks and guide exist; the VAE never branches on which prior it holds.
 
+A model with a context C (the conditional VAE's X) asks for P(z|C) with
+``prior.condition(context)``, as Pyro's ``ConditionalDistribution.condition`` does: a
+callable of the batch shape, like the prior itself. Unconditional priors return themselves
+(P(z|C) = P(z), Doersch's choice for his CVAE); ``conditional_normal`` is a prior network
+N(m(C), diag s(C)^2); the VampPrior mixes the guide's posteriors Q(z|u_k, C) at its
+pseudo-inputs, so it follows the context too.
+
 Registered: ``standard_normal`` (Doersch's N(0, I)), ``diagonal_normal`` (learnable mean and
 scale), ``mixture`` (K learnable diagonal Gaussians), ``vamp`` (VampPrior, Tomczak & Welling
-2018) and ``flow`` (N(0, I) pushed through learnable affine autoregressive steps). The KL to
-a diagonal-Gaussian guide has a closed form for the first two only; estimators fall back to
-Monte Carlo for the others (:func:`pyrovae.inference.kl.kl_or_mc` says which).
+2018), ``flow`` (N(0, I) pushed through learnable affine autoregressive steps) and
+``conditional_normal`` (a prior network on the context; needs one). The KL to a
+diagonal-Gaussian guide has a closed form for ``standard_normal``, ``diagonal_normal`` and
+``conditional_normal``; the analytic estimators fall back to Monte Carlo for the others
+(``pyrovae check-kl`` says which).
 """
 
 from __future__ import annotations
@@ -25,13 +34,20 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyrovae.components.flows import FlowDistribution, flow_step, made, positive_int
+from pyrovae.components.networks import Encoder
 from pyrovae.components.registry import Registry
 
 PRIORS: Registry = Registry("prior")
 
 
 class Prior(PyroModule):
-    """Base class of priors over a ``z_dim``-dimensional latent code."""
+    """Base class of priors over a ``z_dim``-dimensional latent code.
+
+    ``needs_context``: True for a prior that exists only as P(z|C) (it needs a model with
+    a context, such as the cvae).
+    """
+
+    needs_context = False
 
     def __init__(self, z_dim: int):
         super().__init__()
@@ -41,6 +57,11 @@ class Prior(PyroModule):
 
     def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def condition(self, context: torch.Tensor):
+        """P(z|C) for a context ``(B, context_dim)``: a callable ``batch_shape ->
+        Distribution``. Here P(z|C) = P(z): the prior itself, whatever the context."""
+        return self
 
     def attach(self, vae) -> None:
         """Called once by the VAE that owns this prior, after its networks and guide exist.
@@ -153,15 +174,26 @@ class VampPrior(Prior):
 
     def attach(self, vae) -> None:
         self.pseudo_inputs = nn.Parameter(torch.rand(self.components, *vae.data_shape))
-        self._posterior = vae.posterior
+        self._posterior = vae.guide_distribution
 
     def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
+        return self._mixture(None).expand(torch.Size(batch_shape))
+
+    def condition(self, context: torch.Tensor):
+        """P(z|C) = 1/K sum_k Q(z | u_k, C): batch ``(B,)`` for a context ``(B, c)``."""
+        return lambda batch_shape=(): self._mixture(context).expand(torch.Size(batch_shape))
+
+    def _mixture(self, context: torch.Tensor | None) -> dist.TorchDistribution:
         if self._posterior is None:
             raise RuntimeError("the VampPrior mixes the guide's posteriors: build it inside a "
                                "VAE (VAE(..., prior='vamp')), which calls prior.attach(vae)")
-        parts = self._posterior(self.pseudo_inputs)  # batch (K,), event (z_dim,)
+        inputs = self.pseudo_inputs
+        if context is not None:  # every datum's context against every pseudo-input
+            inputs = inputs.expand(len(context), *inputs.shape)        # (B, K, *data_shape)
+            context = context.unsqueeze(-2).expand(-1, self.components, -1)  # (B, K, c)
+        parts = self._posterior(inputs, context)  # batch (K,) or (B, K), event (z_dim,)
         weights = dist.Categorical(logits=self.pseudo_inputs.new_zeros(self.components))
-        return Mixture(weights, parts).expand(torch.Size(batch_shape))
+        return Mixture(weights, parts)
 
 
 @PRIORS.register("flow")
@@ -193,6 +225,45 @@ class FlowPrior(Prior):
         base = dist.Normal(self.loc, self.scale).to_event(1)
         steps = [flow_step(net).inv for net in self.nets]
         return FlowDistribution(base, steps).expand(torch.Size(batch_shape))
+
+
+@PRIORS.register("conditional_normal")
+class ConditionalNormal(Prior):
+    """P(z|C) = N(m(C), diag s(C)^2): a prior network on the context C (the CVAE's "learned"
+    prior; the encoder's architecture on C, ``s = softplus(.) + MIN_SCALE``).
+
+    Args:
+        z_dim: latent dimension.
+        context_dim: size of the context C (>= 1: the prior needs one).
+        hidden: the network's hidden widths; activation: its activation name.
+
+    ``condition(context)`` -> callable: ``batch_shape`` ``(B,)`` -> batch ``(B,)``, event
+    ``(z_dim,)``. The KL to a diagonal-Gaussian guide has a closed form.
+    """
+
+    needs_context = True
+
+    def __init__(self, z_dim: int, context_dim: int = 0, hidden: tuple[int, ...] = (256,),
+                 activation: str = "relu"):
+        super().__init__(z_dim)
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(f"prior 'conditional_normal' is P(z|C) and needs a context "
+                             f"(the cvae model kind); got context_dim {context_dim!r}")
+        self.net = Encoder((context_dim,), hidden, z_dim, activation)
+
+    def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
+        raise ValueError("prior 'conditional_normal' is P(z|C): call prior.condition(context)")
+
+    def condition(self, context: torch.Tensor):
+        def given(batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
+            return dist.Normal(*self.net(context)).to_event(1).expand(torch.Size(batch_shape))
+        return given
+
+
+def prior_names(context: bool = False) -> list[str]:
+    """The registered priors a model can hold: with ``context=False`` (a model without a
+    context, the vae) those that do not need one; with ``context=True`` all of them."""
+    return [n for n in PRIORS.names() if context or not PRIORS.get(n).needs_context]
 
 
 def build_prior(name: str, z_dim: int, **options) -> Prior:

@@ -1,24 +1,28 @@
 """Doersch's conditional VAE, P(Y|X) with a latent, and the deterministic regressor it beats.
 
-    model(x, y):  z ~ P(z|X)                               site "z", in plate "data"
-                      fixed:   N(0, I), independent of X (Doersch's choice)
-                      learned: N(m(X), diag s(X)^2), a prior network
+    model(x, y):  z ~ P(z|X) = prior.condition(X)            site "z", in plate "data"
+                      standard_normal: N(0, I), independent of X (Doersch's choice)
+                      conditional_normal: N(m(X), diag s(X)^2), a prior network
+                      any other registered prior: P(z) (vamp: the guide's Q(z|u_k, X))
                   y ~ P(Y|z, X) = L(f(z, X; theta))        site "y", observed
-    guide(x, y):  z ~ Q(z|X, Y) = N(mu(X, Y), diag sigma^2(X, Y))   site "z"
+    guide(x, y):  z ~ Q(z|X, Y), any registered guide on the encoder of [X, Y]   site "z"
 
     log P(Y|X) >= E_Q[log P(Y|z, X)] - D[Q(z|X, Y) || P(z|X)]        (the conditional ELBO)
 
-X is a conditioning argument, never a sample site; Y holds only the modelled values (the
-unobserved pixels, :mod:`pyrovae.models.conditioning`), so observed pixels are never scored. The
-likelihood L is any registered one (:data:`~pyrovae.components.likelihoods.LIKELIHOODS`); both
-priors are diagonal Gaussians, so the KL to the guide has a closed form (``--elbo analytic``).
+The CVAE *is* a :class:`~pyrovae.models.vae.VAE` of Y with the context X: the same model,
+guide, priors, guides and likelihoods (``CVAE.model(x, y)`` is ``VAE.model(y, context=x)``
+with the observed site named ``"y"``). X is a conditioning argument, never a sample site; Y
+holds only the modelled values (the unobserved pixels, :mod:`pyrovae.models.conditioning`),
+so observed pixels are never scored.
 
 :class:`Regressor` is the baseline Doersch contrasts: the decoder's body on X alone,
-y ~ L(g(X)), trained on the same likelihood; its log P(Y|X) is exact (no latent), and its
-mean is the blurry average of all plausible completions.
+y ~ L(g(X)), trained on the same likelihood through the same trainer (a Pyro model with no
+latent, so its ELBO is log P(Y|X) exactly); its mean is the blurry average of all plausible
+completions.
 
-:class:`PackedCVAE` is the CVAE on packed data (:func:`~pyrovae.models.conditioning.pack`), one
-tensor per datum, so the trainer, steppers, :func:`~pyrovae.inference.evaluation.evaluate_elbo` and
+:class:`PackedCVAE` is a CVAE (or the regressor) on packed data
+(:func:`~pyrovae.models.conditioning.pack`), one tensor per datum, so the trainer, steppers,
+:func:`~pyrovae.inference.evaluation.evaluate_elbo` and
 :func:`~pyrovae.inference.evaluation.log_likelihood` use it as they use a VAE.
 """
 
@@ -31,61 +35,17 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pyrovae.components.data import DeviceBatches
+from pyrovae.components.guides import Guide
 from pyrovae.components.likelihoods import Likelihood, build_likelihood
-from pyrovae.components.networks import Decoder, Encoder, check_sizes
-from pyrovae.components.priors import StandardNormal
-from pyrovae.components.registry import Registry
+from pyrovae.components.networks import Decoder, check_sizes
+from pyrovae.components.priors import Prior
+from pyrovae.components.validation import check_int
 from pyrovae.models.conditioning import unpack
-
-CVAE_PRIORS: Registry = Registry("cvae prior")
-
-
-@CVAE_PRIORS.register("fixed")
-class FixedPrior(PyroModule):
-    """P(z|X) = N(0, I), whatever X: Doersch's conditional prior.
-
-    ``forward(x)``: ``x`` ``(B, x_dim)`` -> batch ``(B,)``, event ``(z_dim,)``.
-    """
-
-    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,),
-                 activation: str = "relu"):
-        super().__init__()
-        self.base = StandardNormal(z_dim)
-
-    def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
-        return self.base(x.shape[:1])
+from pyrovae.models.vae import VAE
 
 
-@CVAE_PRIORS.register("learned")
-class LearnedPrior(PyroModule):
-    """P(z|X) = N(m(X), diag s(X)^2), a prior network (the encoder's architecture on X).
-
-    ``forward(x)``: ``x`` ``(B, x_dim)`` -> batch ``(B,)``, event ``(z_dim,)``;
-    ``s = softplus(.) + MIN_SCALE``.
-    """
-
-    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (256,),
-                 activation: str = "relu"):
-        super().__init__()
-        self.net = Encoder((x_dim,), hidden, z_dim, activation)
-
-    def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(*self.net(x)).to_event(1)
-
-
-def _joined(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``[z, x]`` on the last dim, ``x`` broadcast over the particle dims left of ``z``."""
-    batch = torch.broadcast_shapes(z.shape[:-1], x.shape[:-1])
-    return torch.cat([z.expand(batch + z.shape[-1:]), x.expand(batch + x.shape[-1:])], -1)
-
-
-def _likelihood(likelihood: Likelihood | str) -> Likelihood:
-    return build_likelihood(likelihood) if isinstance(likelihood, str) else likelihood
-
-
-class CVAE(PyroModule):
-    """The conditional VAE: P(z|X), decoder f(z, X) + likelihood (model); Q(z|X, Y) (guide).
+class CVAE(VAE):
+    """The conditional VAE: a :class:`~pyrovae.models.vae.VAE` of Y with the context X.
 
     Args:
         x_dim: size of the conditioning input X per datum.
@@ -94,58 +54,51 @@ class CVAE(PyroModule):
         hidden: encoder (and prior network) hidden widths; the decoder reverses them.
         activation: hidden activation name (:data:`~pyrovae.components.networks.ACTIVATIONS`).
         likelihood: a :class:`~pyrovae.components.likelihoods.Likelihood` or a registered name.
-        prior: ``"fixed"`` (N(0, I)) or ``"learned"`` (N(m(X), diag s(X)^2)).
+        prior: a :class:`~pyrovae.components.priors.Prior` or a registered name (any of
+            :data:`~pyrovae.components.priors.PRIORS`; ``conditional_normal`` is P(z|X)).
+        guide: a :class:`~pyrovae.components.guides.Guide` or a registered name.
+        options: component options (``components``, ``flow_steps``, ``sigma``, ...).
 
     ``model(x, y)`` and ``guide(x, y)`` take ``x`` ``(B, x_dim)`` and ``y`` ``(B, y_dim)``.
     """
 
     def __init__(self, x_dim: int, y_dim: int, z_dim: int = 2, hidden: Sequence[int] = (256,),
                  activation: str = "relu", likelihood: Likelihood | str = "bernoulli",
-                 prior: str = "fixed"):
-        super().__init__()
-        self.x_dim, self.y_dim, self.z_dim = check_sizes((x_dim, y_dim, z_dim),
-                                                         "x_dim, y_dim, z_dim")
-        hidden = check_sizes(hidden)
-        self.likelihood = _likelihood(likelihood)
-        self.prior = CVAE_PRIORS.get(prior)(x_dim, z_dim, hidden, activation)
-        self.encoder = Encoder((x_dim + y_dim,), hidden, z_dim, activation)
-        self.decoder = Decoder(z_dim + x_dim, hidden,
-                               y_dim * self.likelihood.params_per_value, activation)
+                 prior: Prior | str = "standard_normal", guide: Guide | str = "diagonal",
+                 **options):
+        x_dim, y_dim, z_dim = check_sizes((x_dim, y_dim, z_dim), "x_dim, y_dim, z_dim")
+        super().__init__((y_dim,), z_dim, check_sizes(hidden), activation, prior, likelihood,
+                         guide, context_dim=x_dim, observed="y", **options)
+        self.x_dim, self.y_dim = x_dim, y_dim
 
-    def _batch_size(self, x: torch.Tensor, y: torch.Tensor) -> int:
+    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.x_dim or y.shape != (x.shape[0], self.y_dim):
             raise ValueError(f"x and y must have shapes (batch, {self.x_dim}) and (batch, "
                              f"{self.y_dim}); got {tuple(x.shape)} and {tuple(y.shape)}")
-        return x.shape[0]
 
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """P(z|X) P(Y|z, X), with Y observed at site ``"y"``."""
-        n = self._batch_size(x, y)
-        with pyro.plate("data", n):
-            z = pyro.sample("z", self.prior(x))
-            pyro.sample("y", self.output(z, x), obs=y)
+        self._check(x, y)
+        super().model(y, context=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Q(z|X, Y) = N(mu(X, Y), diag sigma^2(X, Y))."""
-        n = self._batch_size(x, y)
-        with pyro.plate("data", n):
-            pyro.sample("z", self.posterior(x, y))
+        """Q(z|X, Y) from the encoder of ``[X, Y]``."""
+        self._check(x, y)
+        super().guide(y, context=x)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
         """Q(z|X, Y): batch ``(B,)``, event ``(z_dim,)``."""
-        return dist.Normal(*self.encoder(torch.cat([x, y], -1))).to_event(1)
+        return self.guide_distribution(y, x)
 
-    def output(self, z: torch.Tensor, x: torch.Tensor) -> dist.TorchDistribution:
-        """P(Y|z, X) for ``z`` ``(..., B, z_dim)``, ``x`` ``(B, x_dim)``: batch ``(..., B)``,
-        event ``(y_dim,)``."""
-        return self.likelihood(self.decoder(_joined(z, x)), (self.y_dim,))
+    def conditional_prior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """P(z|X) for ``x`` ``(B, x_dim)``: batch ``(B,)``, event ``(z_dim,)``."""
+        return self.prior_given(x)((len(x),))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """Means of P(Y|z, X) at ``n`` draws z ~ P(z|X) per input: ``(n, B, y_dim)``."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        z = self.prior(x).sample((n,))
+        check_int(n, "n")
+        z = self.conditional_prior(x).sample((n,))
         return self.output(z, x).mean
 
 
@@ -156,16 +109,27 @@ class Regressor(PyroModule):
     P(Y|X), batch ``(B,)``, event ``(y_dim,)``.
     """
 
+    z_dim = 0  # no latent
+
     def __init__(self, x_dim: int, y_dim: int, hidden: Sequence[int] = (256,),
                  activation: str = "relu", likelihood: Likelihood | str = "bernoulli"):
         super().__init__()
         self.x_dim, self.y_dim = check_sizes((x_dim, y_dim), "x_dim, y_dim")
-        self.likelihood = _likelihood(likelihood)
+        self.likelihood = build_likelihood(likelihood) if isinstance(likelihood, str) \
+            else likelihood
         self.net = Decoder(x_dim, check_sizes(hidden), y_dim * self.likelihood.params_per_value,
                            activation)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         return self.likelihood(self.net(x), (self.y_dim,))
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """P(Y|X), with Y observed at site ``"y"``: no latent, so any ELBO is log P(Y|X)."""
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", self(x), obs=y)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Nothing to infer: the model has no latent site."""
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log P(y|x) per datum, nats, ``(B,)``: exact."""
@@ -175,31 +139,6 @@ class Regressor(PyroModule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of P(Y|X), ``(B, y_dim)``: one prediction, the average completion."""
         return self(x).mean
-
-
-def fit_regressor(regressor: Regressor, data: torch.Tensor, epochs: int, batch_size: int,
-                  lr: float = 1e-3, dynamic_binarize: bool = False) -> list[float]:
-    """Train ``regressor`` by Adam on -log P(Y|X) of packed ``data`` ``(N, 1, 1, x_dim +
-    y_dim)`` (the CVAE's training data), the same batches and binarisation as the CVAE.
-
-    Returns the mean training NLL per epoch (nats per datum).
-    """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    optimizer = torch.optim.Adam(regressor.parameters(), lr=lr)
-    batches = DeviceBatches(data, batch_size, dynamic_binarize)
-    history = []
-    for _ in range(epochs):
-        total = torch.zeros((), device=data.device)
-        for batch in batches:
-            x, y = unpack(batch, regressor.x_dim)
-            loss = -regressor.log_prob(x, y).sum()
-            optimizer.zero_grad(set_to_none=True)
-            (loss / batch_size).backward()
-            optimizer.step()
-            total += loss.detach()
-        history.append(float(total) / (len(batches) * batch_size))
-    return history
 
 
 @torch.no_grad()
@@ -214,8 +153,9 @@ def regressor_nll(regressor: Regressor, data: torch.Tensor,
 
 
 class PackedCVAE(torch.nn.Module):
-    """A :class:`CVAE` on packed data: ``model(batch) = cvae.model(x, y)``, ``[x, y] =
-    batch`` of shape ``(B, 1, 1, x_dim + y_dim)``; same sites, same parameters.
+    """A :class:`CVAE` (or a :class:`Regressor`) on packed data: ``model(batch) =
+    cvae.model(x, y)``, ``[x, y] = batch`` of shape ``(B, 1, 1, x_dim + y_dim)``; same sites,
+    same parameters.
 
     A plain ``nn.Module`` with no parameters of its own: the CVAE inside stays the top-level
     ``PyroModule`` (its Pyro names unchanged), so a CVAE used alone can be wrapped later.
@@ -224,7 +164,7 @@ class PackedCVAE(torch.nn.Module):
     ``model``/``guide`` of one tensor, ``data_shape``, ``likelihood``, ``z_dim``.
     """
 
-    def __init__(self, cvae: CVAE):
+    def __init__(self, cvae: CVAE | Regressor):
         super().__init__()
         self.cvae = cvae
         self.data_shape = (1, 1, cvae.x_dim + cvae.y_dim)

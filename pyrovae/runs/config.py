@@ -14,19 +14,33 @@ from pathlib import Path
 from typing import Any
 
 from pyrovae.models.conditioning import CONDITIONS
-from pyrovae.models.cvae import CVAE_PRIORS
 from pyrovae.components.data import BINARIZE_MODES, DATASETS
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, build_estimator
 from pyrovae.components.guides import GUIDES
 from pyrovae.inference.importance import check_alpha
 from pyrovae.components.likelihoods import LIKELIHOODS
 from pyrovae.components.networks import ACTIVATIONS
+from pyrovae.runs.job import JOBS
 from pyrovae.runs.plugins import load_plugins
 from pyrovae.components.priors import PRIORS
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
 
-MODELS = ("vae", "cvae")
+# config.json fields of earlier versions, and how a loaded file is brought up to date
+RENAMED_PRIORS = {None: "standard_normal", "fixed": "standard_normal",
+                  "learned": "conditional_normal"}  # the cvae_prior field's values
+
+
+def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a config.json or a checkpoint's config) in today's fields: the cvae's
+    ``cvae_prior`` (fixed / learned) became the registered priors ``standard_normal`` /
+    ``conditional_normal`` in ``prior``. Returns a new dict."""
+    values = dict(values)
+    if "cvae_prior" in values:
+        old = values.pop("cvae_prior")
+        if values.get("model") == "cvae":
+            values["prior"] = RENAMED_PRIORS.get(old, old)
+    return values
 
 
 def _f(default, help: str, **extra):
@@ -49,10 +63,11 @@ class TrainConfig:
     likelihood: str = _f("gaussian", "P(X|z)", choices=LIKELIHOODS.names)
     sigma: float = _f(0.1, "standard deviation of the fixed-sigma Gaussian likelihood (the "
                       "scale b of the laplace one), in pixel units (data in [0, 1])")
-    prior: str = _f("standard_normal", "P(z)", choices=PRIORS.names)
+    prior: str = _f("standard_normal", "P(z) (for a cvae: P(z|X); conditional_normal is a "
+                    "prior network on X)", choices=PRIORS.names)
     guide: str = _f("diagonal", "Q(z|X): diagonal N(mu(X), diag sigma^2(X)), or flow (that "
-                    "Gaussian then --flow-steps IAF steps conditioned on X)",
-                    choices=GUIDES.names)
+                    "Gaussian then --flow-steps IAF steps conditioned on X; for a cvae: on X "
+                    "and Y)", choices=GUIDES.names)
     components: int = _f(10, "mixture components K of the mixture and vamp priors")
     flow_steps: int = _f(2, "affine autoregressive steps of the flow prior and flow guide")
     z_dim: int = _f(2, "latent dimension k (2 also draws figures/latent.png)")
@@ -88,14 +103,12 @@ class TrainConfig:
                              "a collective before it fails (a dead rank stops the rest)")
     plugin: list[str] = _f([], "modules (names or .py paths) to import first: they register "
                            "their own priors, likelihoods, guides (see pyrovae.runs.plugins)")
-    model: str = _f("vae", "vae: P(X) with a latent; cvae: the conditional VAE P(Y|X) of "
-                    "--condition (with its deterministic baseline)", choices=lambda: list(MODELS))
+    model: str = _f("vae", "the model kind: vae (P(X) with a latent) or cvae (the "
+                    "conditional VAE P(Y|X) of --condition, with its deterministic baseline)",
+                    choices=lambda: JOBS.names())
     condition: str | None = _f(None, "cvae task: quadrant (X one quadrant, Y the other "
                                "three), half (X the left half), label (X the one-hot class, "
-                               "Y the image)", choices=CONDITIONS.names)
-    cvae_prior: str | None = _f(None, "cvae P(z|X): fixed (N(0, I), Doersch's; the default) "
-                                "or learned (a prior network N(m(X), diag s(X)^2))",
-                                choices=CVAE_PRIORS.names)
+                               "Y the image)", choices=CONDITIONS.names, kind="cvae")
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed.
@@ -130,25 +143,23 @@ class TrainConfig:
         return self
 
     def _validate_model(self) -> None:
-        """``--model`` and the cvae options: each cvae option only with ``--model cvae``."""
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
-        if self.model == "vae":
-            for name in ("condition", "cvae_prior"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} {getattr(self, name)!r} needs --model cvae")
-            return
-        if self.condition not in CONDITIONS:
-            raise ValueError(f"model 'cvae' needs condition: one of "
-                             f"{', '.join(CONDITIONS.names())}; got {self.condition!r}")
-        if self.cvae_prior is not None and self.cvae_prior not in CVAE_PRIORS:
-            raise ValueError(f"cvae_prior must be one of {', '.join(CVAE_PRIORS.names())}; "
-                             f"got {self.cvae_prior!r}")
-        for name, default in (("prior", "standard_normal"), ("guide", "diagonal")):
-            if getattr(self, name) != default:
-                raise ValueError(f"{name} {getattr(self, name)!r} is a vae option; the cvae "
-                                 f"takes its prior from --cvae-prior and its guide is "
-                                 f"Q(z|X, Y) = N(mu, diag sigma^2)")
+        """``model`` and the fields that belong to one kind (metadata ``kind``): such a field
+        is set only for its kind, and is required there; then the kind's own checks."""
+        if self.model not in JOBS:
+            raise ValueError(f"model must be one of {', '.join(JOBS.names())}; "
+                             f"got {self.model!r}")
+        for name, f in CONFIG_FIELDS.items():
+            kind = f.metadata.get("kind")
+            if kind is None:
+                continue
+            value = getattr(self, name)
+            if self.model != kind:
+                if value is not None:
+                    raise ValueError(f"{name} {value!r} needs --model {kind}")
+            elif value not in _choices(name):
+                raise ValueError(f"model {kind!r} needs {name}: one of "
+                                 f"{', '.join(_choices(name))}; got {value!r}")
+        JOBS.get(self.model).check_config(self)
 
     def build_estimator(self) -> Estimator:
         """The estimator ``elbo`` with ``particles``, ``alpha`` and ``score_function``."""
@@ -160,7 +171,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (e.g. a ``config.json``); unknown keys raise ``ValueError``."""
+        """Build from a dict (e.g. a ``config.json``, brought up to date by :func:`migrate`);
+        unknown keys raise ``ValueError``."""
+        values = migrate(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -184,3 +197,11 @@ def _choices(name: str) -> list[str]:
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    """The config of a run folder; ``ValueError`` if ``run_dir`` is not one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"{run_dir} is not a pyrovae run folder (no config.json)")
+    return TrainConfig.load(run_dir / "config.json")

@@ -32,14 +32,14 @@ from pyrovae.components.rng import forked_rng
 from pyrovae.inference.evaluation import evaluate_elbo, log_likelihood
 from pyrovae.inference.statistics import standard_error
 from pyrovae.models.conditioning import Condition, build_condition, pack
-from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, fit_regressor, regressor_nll
+from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, regressor_nll
 from pyrovae.runs import plots
 from pyrovae.runs.checkpoints import model_state
-from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.config import TrainConfig, load_config
 from pyrovae.runs.folders import atomic_write
-from pyrovae.runs.job import JOBS, Job, check_limit, load_config, prepare_data
+from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_data
 from pyrovae.training import distributed
-from pyrovae.training.trainer import resolve_device
+from pyrovae.training.trainer import Trainer, resolve_device
 
 BASELINE_FILE = "baseline.pt"
 ROWS = 8    # test inputs in completions.png
@@ -47,11 +47,12 @@ DRAWS = 6   # CVAE draws per input in the run's figures
 
 
 def build_cvae(config: TrainConfig, condition: Condition) -> CVAE:
-    """The CVAE a ``model="cvae"`` config describes, for ``condition``, on the CPU."""
+    """The CVAE a ``model="cvae"`` config describes, for ``condition``, on the CPU: any
+    registered prior (P(z|X)), guide (Q(z|X, Y)) and likelihood, with the config's options."""
     return CVAE(condition.x_dim, condition.y_dim, z_dim=config.z_dim, hidden=config.hidden,
                 activation=config.activation,
                 likelihood=build_likelihood(config.likelihood, sigma=config.sigma),
-                prior=config.cvae_prior or "fixed")
+                prior=config.prior, guide=config.guide, **component_options(config))
 
 
 def build_regressor(config: TrainConfig, condition: Condition) -> Regressor:
@@ -120,8 +121,11 @@ class CVAEJob(Job):
         with forked_rng(self.train_x):
             torch.manual_seed(config.seed)
             start = time.perf_counter()
-            losses = fit_regressor(regressor, self.train_x, config.epochs, config.batch_size,
-                                   config.lr, dynamic_binarize=config.binarize == "dynamic")
+            trainer = Trainer(PackedCVAE(regressor), "trace", lr=config.lr)
+            history = trainer.fit(self.train_x, config.epochs, config.batch_size,
+                                  dynamic_binarize=config.binarize == "dynamic",
+                                  progress=False)
+            losses = [-epoch["train_elbo"] for epoch in history]  # exact NLL, no latent
             seconds = time.perf_counter() - start
         state = {"model": regressor.state_dict(), "image_shape": list(self.condition.image_shape),
                  "train_nll": losses, "seconds": seconds}
@@ -130,6 +134,12 @@ class CVAEJob(Job):
         write_cvae_figures(run, self.data.test_x, self.data.test_y, run_dir / "figures",
                            seed=config.seed)
         plots.plot_curves(history, run_dir / "figures" / "curves.png")
+
+    def upgrade_state(self, state: dict) -> dict:
+        """Before the CVAE was a VAE with a context, its fixed prior N(0, I) kept its buffers
+        in ``prior.base``; the learned prior's network is today's ``conditional_normal``."""
+        return {key.replace("cvae.prior.base.", "cvae.prior."): value
+                for key, value in state.items()}
 
     def load(self, run_dir: Path) -> CVAERun:
         """The trained CVAE (last checkpoint) and baseline of the run folder."""
@@ -141,7 +151,7 @@ class CVAEJob(Job):
         baseline = torch.load(run_dir / BASELINE_FILE, map_location="cpu", weights_only=False)
         condition = build_condition(self.config.condition, baseline["image_shape"])
         cvae = build_cvae(self.config, condition)
-        PackedCVAE(cvae).load_state_dict(model_state(run_dir)[0])
+        PackedCVAE(cvae).load_state_dict(self.upgrade_state(model_state(run_dir)[0]))
         regressor = build_regressor(self.config, condition)
         regressor.load_state_dict(baseline["model"])
         return CVAERun(cvae.to(self.device).eval(), regressor.to(self.device).eval(),
@@ -244,7 +254,8 @@ def evaluate_cvae_run(run: CVAERun, test_x: torch.Tensor, batch_size: int = 1000
     n = len(baseline)
     result = {
         "model": "cvae", "condition": run.condition.name,
-        "cvae_prior": run.config.cvae_prior or "fixed", "likelihood": run.config.likelihood,
+        "prior": run.config.prior, "guide": run.config.guide,
+        "likelihood": run.config.likelihood,
         "test_elbo": evaluate_elbo(packed, test_x, batch_size, run.config.elbo),
         "estimator": run.config.elbo, "n_test": n, "modelled_values": y_dim,
         "units": "nats per datum (of Y given X)", "seed": seed,

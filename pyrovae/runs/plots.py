@@ -1,53 +1,61 @@
 """Figures: sample grids, reconstructions, ELBO curves, the 2-D latent map.
 
-Each function writes one PNG and returns its path. Images are tensors of shape
-``(N, C, H, W)`` with values in [0, 1] (C = 1 for grey images).
+Each function writes one PNG (atomically, through :func:`save_figure`) and returns its path.
+Images are tensors of shape ``(N, C, H, W)`` with values in [0, 1] (C = 1 for grey images).
+Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through pyplot, so
+importing pyrovae selects no matplotlib backend and needs no display.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")  # files only, no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from pyrovae.models.vae import VAE  # noqa: E402
+from pyrovae.models.vae import VAE
+from pyrovae.runs.folders import atomic_write
 
 
 def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
-    """Tile ``(N, C, H, W)`` images into one ``(rows*H + rows-1, cols*W + cols-1)`` array.
+    """Tile ``(N, C, H, W)`` images (values in [0, 1]) on ``rows`` rows with
+    ``torchvision.utils.make_grid``, 1-pixel white lines between and around the tiles.
 
-    Tiles are separated by 1-pixel white lines; grey images only use channel 0.
+    Returns ``(rows*(H+1)+1, cols*(W+1)+1)`` for grey images (C = 1), with a trailing RGB
+    dim for colour ones (C = 3), on the CPU: ready for ``imshow``.
     """
-    images = images.detach().float().cpu().clamp(0, 1)[:, 0]
-    n, h, w = images.shape
-    cols = math.ceil(n / rows)
-    grid = torch.ones(rows * (h + 1) - 1, cols * (w + 1) - 1)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i]
-    return grid
+    images = images.detach().float().cpu().clamp(0, 1)
+    grid = make_grid(images, nrow=math.ceil(len(images) / rows), padding=1, pad_value=1.0)
+    return grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path``, atomically (a kill leaves the old file whole).
+
+    Works for figures made with :class:`matplotlib.figure.Figure` (what pyrovae draws with:
+    no pyplot, no backend to select) and with ``matplotlib.pyplot``; closes the latter.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write(Path(path), lambda f: f.write(buffer.getvalue()))
+    if getattr(fig, "number", None) is not None:  # a pyplot figure: release it
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return Path(path)
 
 
 def _show_grid(grid: torch.Tensor, title: str, path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
+    fig = Figure(figsize=(6, 6 * grid.shape[0] / grid.shape[1] + 0.4))
+    ax = fig.subplots()
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_samples(vae: VAE, path: str | Path, n: int = 64) -> Path:
@@ -74,7 +82,8 @@ def plot_reconstructions(vae: VAE, x: torch.Tensor, path: str | Path, n: int = 1
 
 def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     """Train and test ELBO (nats per datum) by epoch."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = [m["epoch"] for m in history]
     for key, label in (("train_elbo", "train"), ("test_elbo", "test")):
         values = [m.get(key) for m in history]
@@ -84,7 +93,7 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     ax.set_ylabel("ELBO (nats per datum, higher is better)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_elbo_by_time(curves: dict[str, Sequence[dict]], path: str | Path,
@@ -96,7 +105,8 @@ def plot_elbo_by_time(curves: dict[str, Sequence[dict]], path: str | Path,
     range leaves them out so that the end of training, where runs differ by tenths of a
     nat, stays readable.
     """
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     tails = []
     for name, curve in curves.items():
         ax.plot([c["minutes"] for c in curve], [c["train_elbo"] for c in curve], label=name)
@@ -111,7 +121,7 @@ def plot_elbo_by_time(curves: dict[str, Sequence[dict]], path: str | Path,
     ax.grid(alpha=0.3)
     if curves:
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -129,7 +139,8 @@ def plot_latent(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: str | Pat
     axis = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
     z = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
     images = vae.decode(z.to(vae.device))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
+    fig = Figure(figsize=(12, 5.5))
+    left, right = fig.subplots(1, 2)
     points = left.scatter(loc[:, 0], loc[:, 1], c=labels.cpu(), cmap="tab10", s=6)
     fig.colorbar(points, ax=left, label="label")
     left.set_title("test codes: posterior means mu(X)")
@@ -138,7 +149,7 @@ def plot_latent(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: str | Pat
     right.imshow(image_grid(images, rows=grid_size).numpy(), cmap="gray", vmin=0, vmax=1)
     right.set_title("decoded z on a grid of N(0, 1) quantiles")
     right.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_table(columns: Sequence[tuple[str, torch.Tensor]], path: str | Path,
@@ -159,20 +170,22 @@ def plot_image_table(columns: Sequence[tuple[str, torch.Tensor]], path: str | Pa
     cols = cells.shape[1]
     h, w = cells.shape[-2:]
     grid = image_grid(cells.reshape(rows * cols, *cells.shape[2:]), rows=rows)
-    fig, ax = plt.subplots(figsize=(0.6 * cols + 1, 0.6 * rows + 0.8))
+    fig = Figure(figsize=(0.6 * cols + 1, 0.6 * rows + 0.8))
+    ax = fig.subplots()
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     start = 0
     for heading, images in groups:  # a heading centred over its columns
         k = images.shape[0]
-        ax.text((start + k / 2) * (w + 1) - 1, -1.5, heading, ha="center", va="bottom",
+        ax.text((start + k / 2) * (w + 1) + 0.5, -0.5, heading, ha="center", va="bottom",
                 fontsize=8)
         start += k
     if row_labels is not None:
         for r, label in enumerate(row_labels):
-            ax.text(-1.5, r * (h + 1) + h / 2, label, ha="right", va="center", fontsize=8)
+            ax.text(-0.5, 1 + r * (h + 1) + h / 2, label, ha="right", va="center",
+                    fontsize=8)
     ax.set_title(title, pad=14, fontsize=9)
     ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_comparison(rows: list[dict], path: str | Path) -> Path:
@@ -182,8 +195,8 @@ def plot_comparison(rows: list[dict], path: str | Path) -> Path:
               ("encoder_snr", None, "encoder gradient SNR"),
               ("decoder_snr", None, "decoder gradient SNR"),
               ("ms_per_step", None, "ms per loss + backward")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.4 * len(rows) + 1.5),
-                             sharey=True)
+    fig = Figure(figsize=(4 * len(panels), 0.4 * len(rows) + 1.5))
+    axes = fig.subplots(1, len(panels), sharey=True)
     for ax, (key, error, title) in zip(axes, panels):
         values = [row[key] for row in rows]
         if error:  # a bound is a point on an axis of nats, not a bar from 0
@@ -193,4 +206,4 @@ def plot_comparison(rows: list[dict], path: str | Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()
-    return _save(fig, path)
+    return save_figure(fig, path)

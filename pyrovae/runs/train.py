@@ -98,7 +98,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
                       kl_warmup=config.kl_warmup, distributed=ctx)
     checkpoint = run_dir / "checkpoint.pt"
     if resume:
-        trainer.load_state_dict(load_checkpoint(checkpoint, config)["trainer"])
+        state = load_checkpoint(checkpoint, config)["trainer"]
+        trainer.load_state_dict({**state, "model": job.upgrade_state(state["model"])})
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
     callbacks = [StopOnSigint()]
     if ctx.is_main:

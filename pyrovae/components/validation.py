@@ -1,0 +1,44 @@
+"""What values an argument may take: the one home of pyrovae's argument checks.
+
+Each check returns the value when it is allowed and otherwise raises ``ValueError`` (or
+``TypeError`` for a wrong kind of value) with a message that names the argument, the value
+seen and what is allowed, e.g. ``"z_dim must be an integer >= 1, got 0"``. Booleans are
+never accepted as numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+
+def check_int(value, name: str, minimum: int | None = 1) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum`` (``None``: any integer)."""
+    if not isinstance(value, int) or isinstance(value, bool) or (
+            minimum is not None and value < minimum):
+        allowed = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_positive_float(value, name: str) -> float:
+    """``value`` as a float if it is a finite number > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_one_of(value, name: str, choices: Iterable) -> object:
+    """``value`` if it is one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false; got {value!r}")
+    return value
