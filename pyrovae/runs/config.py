@@ -26,20 +26,19 @@ from pyrovae.components.priors import PRIORS
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
 
-# config.json fields of earlier versions, and how a loaded file is brought up to date
-RENAMED_PRIORS = {None: "standard_normal", "fixed": "standard_normal",
-                  "learned": "conditional_normal"}  # the cvae_prior field's values
+REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
 
 
 def migrate(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` (a config.json or a checkpoint's config) in today's fields: the cvae's
-    ``cvae_prior`` (fixed / learned) became the registered priors ``standard_normal`` /
-    ``conditional_normal`` in ``prior``. Returns a new dict."""
+    """``values`` (a config.json or a checkpoint's config) in today's fields: the model
+    kind's job converts its own old fields first (:meth:`~pyrovae.runs.job.Job.migrate_config`),
+    then fields no kind uses any more are dropped. Returns a new dict."""
     values = dict(values)
-    if "cvae_prior" in values:
-        old = values.pop("cvae_prior")
-        if values.get("model") == "cvae":
-            values["prior"] = RENAMED_PRIORS.get(old, old)
+    kind = values.get("model", CONFIG_DEFAULTS["model"])
+    if kind in JOBS:
+        values = JOBS.get(kind).migrate_config(values)
+    for name in REMOVED_FIELDS:
+        values.pop(name, None)
     return values
 
 
@@ -197,6 +196,7 @@ def _choices(name: str) -> list[str]:
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CONFIG_DEFAULTS = TrainConfig().to_dict()
 
 
 def load_config(run_dir: Path) -> TrainConfig:

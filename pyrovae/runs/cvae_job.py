@@ -135,6 +135,17 @@ class CVAEJob(Job):
                            seed=config.seed)
         plots.plot_curves(history, run_dir / "figures" / "curves.png")
 
+    @classmethod
+    def migrate_config(cls, values: dict) -> dict:
+        """Before every prior served the CVAE, ``cvae_prior`` chose P(z|X): ``fixed`` (or
+        unset) is today's ``standard_normal`` prior, ``learned`` its ``conditional_normal``."""
+        if "cvae_prior" in values:
+            values = dict(values)
+            old = values.pop("cvae_prior")
+            values["prior"] = {None: "standard_normal", "fixed": "standard_normal",
+                               "learned": "conditional_normal"}.get(old, old)
+        return values
+
     def upgrade_state(self, state: dict) -> dict:
         """Before the CVAE was a VAE with a context, its fixed prior N(0, I) kept its buffers
         in ``prior.base``; the learned prior's network is today's ``conditional_normal``."""
