@@ -25,7 +25,7 @@ import pyro  # noqa: E402
 import pyro.poutine as poutine  # noqa: E402
 import torch  # noqa: E402
 
-from pyrovae import VAE, Trainer, kl_or_mc, load_dataset  # noqa: E402
+from pyrovae import VAE, Trainer, closed_form_kl, load_dataset  # noqa: E402
 from pyrovae.components.likelihoods import GaussianLikelihood  # noqa: E402
 from pyrovae.runs.plots import image_grid  # noqa: E402
 
@@ -38,7 +38,7 @@ def elbo_terms(vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
     reconstruction = model_trace.nodes["x"]["fn"].log_prob(x)
-    return reconstruction, kl_or_mc(vae.posterior(x), vae.prior((len(x),))).value
+    return reconstruction, closed_form_kl(vae.posterior(x), vae.prior((len(x),)))
 
 
 def train_with_sigma(sigma: float, data, epochs: int, z_dim: int) -> dict:

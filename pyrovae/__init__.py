@@ -36,16 +36,9 @@ from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, b
 from pyrovae.inference.evaluation import LogLikelihood, evaluate_elbo, log_likelihood
 from pyrovae.inference.handlers import KLWeightMessenger, ScoreFunctionMessenger
 from pyrovae.inference.importance import IWAE, ImportanceWeighted, IWAEDReG, RenyiBound, renyi_bound
-from pyrovae.inference.kl import (
-    KLEstimate,
-    PyroAnalyticELBO,
-    closed_form_kl,
-    kl_diag_normal,
-    kl_or_mc,
-    kl_standard_normal,
-)
+from pyrovae.inference.kl import closed_form_kl, kl_diag_normal, kl_standard_normal
 from pyrovae.inference.pair import ModelGuidePair
-from pyrovae.inference.trace_elbo import AnalyticELBO, MeanFieldELBO, TraceELBO, TraceGraphELBO
+from pyrovae.inference.trace_elbo import AnalyticELBO, TraceELBO, TraceGraphELBO
 from pyrovae.models.conditioning import CONDITIONS, Condition, build_condition
 from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor
 from pyrovae.models.linear_gaussian import LinearGaussianVAE, make_linear_gaussian
@@ -66,11 +59,11 @@ __all__ = [
     "GUIDES", "DiagonalGuide", "DiagonalNormal", "FlowGuide", "FlowPrior", "Guide",
     "MixturePrior", "VampPrior", "build_guide", "build_prior", "load_plugin", "load_plugins",
     "DATASETS", "AnalyticELBO", "Dataset", "Decoder", "DeviceBatches", "ESTIMATORS", "Encoder",
-    "Estimator", "HostSyncError", "KLEstimate", "LIKELIHOODS", "Likelihood",
-    "LinearGaussianVAE", "MLP", "MeanFieldELBO", "PRIORS", "Prior", "PyroAnalyticELBO",
+    "Estimator", "HostSyncError", "LIKELIHOODS", "Likelihood",
+    "LinearGaussianVAE", "MLP", "PRIORS", "Prior",
     "Registry", "StandardNormal", "SyncGuard", "TraceELBO", "TrainConfig", "Trainer", "VAE",
     "binarize", "build_estimator", "build_likelihood", "build_vae", "check_kl",
-    "closed_form_kl", "evaluate_elbo", "kl_diag_normal", "kl_or_mc", "kl_standard_normal",
+    "closed_form_kl", "evaluate_elbo", "kl_diag_normal", "kl_standard_normal",
     "load_dataset", "load_run", "make_linear_gaussian", "resolve_device", "run_check_kl",
     "train_run",
     "EstimatorAxes", "EstimatorSpec", "IWAE", "IWAEDReG", "ImportanceWeighted",

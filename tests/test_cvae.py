@@ -10,12 +10,13 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.util import check_model_guide_match
+from reference import monte_carlo_kl
 
 from pyrovae.components.data import load_dataset
 from pyrovae.components.guides import GUIDES
 from pyrovae.components.priors import PRIORS
 from pyrovae.inference.estimators import build_estimator
-from pyrovae.inference.kl import closed_form_kl, monte_carlo_kl
+from pyrovae.inference.kl import closed_form_kl
 from pyrovae.models.conditioning import CONDITIONS, build_condition, pack, unpack
 from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, regressor_nll
 from pyrovae.training.steppers import FastStepper

@@ -19,7 +19,7 @@ gradient needs the path: ``supports_score_function = False``) and :meth:`set_kl_
 (beta times every latent site's log-density: the beta-VAE objective, KL warm-up).
 
 The families register their names in :data:`ESTIMATORS`: ``trace``, ``tracegraph``,
-``meanfield`` and ``analytic`` in :mod:`pyrovae.inference.trace_elbo`; ``renyi``, ``iwae``
+and ``analytic`` in :mod:`pyrovae.inference.trace_elbo`; ``renyi``, ``iwae``
 and ``iwae_dreg`` in :mod:`pyrovae.inference.importance`. :mod:`pyrovae.inference.estimators`
 imports them all. New estimators plug in by registering a name in :data:`ESTIMATORS`.
 """

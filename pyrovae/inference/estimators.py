@@ -2,7 +2,7 @@
 
 :mod:`~pyrovae.inference.elbo` holds the base class and the registry
 :data:`ESTIMATORS`; :mod:`~pyrovae.inference.trace_elbo` the KL family (``trace``,
-``tracegraph``, ``meanfield``, ``analytic``); :mod:`~pyrovae.inference.importance` the
+``tracegraph``, ``analytic``); :mod:`~pyrovae.inference.importance` the
 importance-weighted one (``renyi``, ``iwae``, ``iwae_dreg``). Importing this module
 registers them all; :func:`build_estimator` builds one by name.
 """

@@ -10,17 +10,16 @@ has a closed-form KL term when Q and P(z) are Gaussian (his eq. 7, k = z_dim):
 
 Here:
 
-- :func:`kl_standard_normal` (eq. 7) and :func:`kl_diag_normal` (any diagonal Gaussian
-  prior, e.g. a learnable one), on tensors;
-- :func:`closed_form_kl` on distributions: pyrovae's own formula for a diagonal-Gaussian pair,
-  else ``torch.distributions.kl_divergence`` (torch's, Pyro's and the pairs registered here);
+- :func:`closed_form_kl`, the one closed-form path every estimator takes: torch's KL registry
+  (``torch.distributions.kl_divergence``: torch's, Pyro's and the pairs registered here),
+  ``NotImplementedError`` for a pair with no closed form;
 - a registered pair that torch and Pyro lack: a full-covariance Gaussian Q
   (``MultivariateNormal``, ``LowRankMultivariateNormal``) against a diagonal Gaussian P;
-- :func:`kl_or_mc`: the closed form when one exists, else a Monte-Carlo estimate with its
-  standard error, and which of the two it used;
+- :func:`kl_standard_normal` (eq. 7) and :func:`kl_diag_normal` on tensors: the reference
+  formulas, written out as in the tutorial and tested against torch's registry;
 - :func:`analytic_particle_elbo`: the ELBO of one (model, guide) trace pair with the KL of
-  every latent site in closed form where possible, and :class:`PyroAnalyticELBO`, the same
-  maths as a ``pyro.infer.ELBO`` for ``pyro.infer.SVI``.
+  every latent site in closed form where possible (Monte Carlo otherwise), the maths of
+  Pyro's ``TraceMeanField_ELBO`` without its host syncs.
 
 Shapes: a diagonal Gaussian is ``Normal(loc, scale)`` reinterpreted with ``.to_event(n)``;
 KLs have the distributions' (broadcast) batch shape. Nothing here reads a tensor's value on
@@ -30,12 +29,10 @@ the host: the dispatch is on Python types only, so the analytic ELBO is sync-fre
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
-import pyro.infer
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer.util import is_identically_zero, torch_item
+from pyro.infer.util import is_identically_zero
 from torch.distributions import (
     Independent,
     LowRankMultivariateNormal,
@@ -67,31 +64,11 @@ def kl_diag_normal(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tens
     return 0.5 * (ratio + ((loc_q - loc_p) / scale_p).square() - 1.0 - ratio.log()).sum(-1)
 
 
-def diagonal_normal(d) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(loc, scale)`` of shape ``batch_shape + (event size,)`` if ``d`` is a diagonal
-    Gaussian (a ``Normal``, possibly inside ``Independent`` layers), else ``None``."""
-    base = d
-    while isinstance(base, Independent):
-        base = base.base_dist
-    if not isinstance(base, Normal):
-        return None
-    shape = d.batch_shape + (math.prod(d.event_shape),)
-    return base.loc.expand(base.batch_shape).reshape(shape), \
-        base.scale.expand(base.batch_shape).reshape(shape)
-
-
 def closed_form_kl(q, p) -> torch.Tensor:
-    """D[q || p] in closed form, shape: the broadcast batch shape of ``q`` and ``p``.
-
-    A diagonal-Gaussian pair with equal event shapes goes through :func:`kl_diag_normal`
-    (pyrovae's own maths, so ``pyrovae check-kl`` tests it); any other pair goes to
-    ``torch.distributions.kl_divergence``, which raises ``NotImplementedError`` when no
-    closed form is registered.
+    """D[q || p] in closed form from torch's KL registry, shape: the broadcast batch shape of
+    ``q`` and ``p``; ``NotImplementedError`` when no closed form is registered for the pair.
     """
-    q_params, p_params = diagonal_normal(q), diagonal_normal(p)
-    if q_params is None or p_params is None or q.event_shape != p.event_shape:
-        return kl_divergence(q, p)
-    return kl_diag_normal(*q_params, *p_params)
+    return kl_divergence(q, p)
 
 
 def _register_if_missing(type_q: type, type_p: type):
@@ -118,32 +95,6 @@ def kl_gaussian_diag_normal(q, p) -> torch.Tensor:
     cross_entropy = (scale_p.log() + 0.5 * math.log(2 * math.pi)
                      + (q.variance + (q.loc - loc_p).square()) / (2 * scale_p.square()))
     return cross_entropy.sum(-1) - q.entropy()
-
-
-class KLEstimate(NamedTuple):
-    """A KL divergence (nats), its standard error (zero for a closed form), the method."""
-
-    value: torch.Tensor
-    stderr: torch.Tensor
-    method: str  # "closed form" or "Monte Carlo"
-
-
-def monte_carlo_kl(q, p, num_samples: int) -> KLEstimate:
-    """Mean of ``log q(z) - log p(z)`` over ``num_samples`` draws z ~ q, with its s.e."""
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
-        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
-    z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
-    terms = q.log_prob(z) - p.log_prob(z)
-    return KLEstimate(terms.mean(0), terms.std(0) / math.sqrt(num_samples), "Monte Carlo")
-
-
-def kl_or_mc(q, p, num_samples: int = 1000) -> KLEstimate:
-    """D[q || p]: :func:`closed_form_kl` if it has the pair, else :func:`monte_carlo_kl`."""
-    try:
-        value = closed_form_kl(q, p)
-    except NotImplementedError:
-        return monte_carlo_kl(q, p, num_samples)
-    return KLEstimate(value, torch.zeros_like(value), "closed form")
 
 
 def site_kl(guide_site: dict, model_site: dict, kl=closed_form_kl) -> torch.Tensor:
@@ -193,22 +144,3 @@ def analytic_particle_elbo(model_trace, guide_trace, kl=closed_form_kl) -> torch
             _check_reparameterised(site)
             elbo = elbo - site["log_prob_sum"]
     return elbo
-
-
-class PyroAnalyticELBO(pyro.infer.Trace_ELBO):
-    """:func:`analytic_particle_elbo` as a ``pyro.infer.ELBO`` (for ``pyro.infer.SVI``).
-
-    Same traces as ``Trace_ELBO``; ``loss``, ``loss_and_grads`` and ``differentiable_loss``
-    use the analytic ELBO. Like Pyro's own ELBOs it returns Python floats (a host sync per
-    step); the sync-free path is ``pyrovae.inference.trace_elbo.AnalyticELBO.differentiable_loss``.
-    """
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        elbo = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            elbo += torch_item(analytic_particle_elbo(model_trace, guide_trace))
-        return -elbo / self.num_particles
-
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        elbo = analytic_particle_elbo(model_trace, guide_trace)
-        return -torch_item(elbo), -elbo

@@ -1,21 +1,20 @@
 """The KL family of estimators: the ELBO with sampled or closed-form KL terms.
 
-Registered here: ``trace`` (Pyro's ``Trace_ELBO``), ``tracegraph`` (``TraceGraph_ELBO``),
-``meanfield`` (``TraceMeanField_ELBO``: the KL from torch's registry) and ``analytic``
-(pyrovae's analytic-KL ELBO, :mod:`pyrovae.inference.kl`). Each adds only its maths to
+Registered here: ``trace`` (Pyro's ``Trace_ELBO``), ``tracegraph`` (``TraceGraph_ELBO``) and
+``analytic`` (the closed-form-KL ELBO, Pyro's ``TraceMeanField_ELBO``; :mod:`pyrovae.inference
+.kl`). Each adds only its maths to
 :class:`~pyrovae.inference.elbo.Estimator`, as Pyro's ``trace_elbo.py`` does to ``ELBO``.
 """
 
 from __future__ import annotations
 
 import pyro.infer
-import torch
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.tracegraph_elbo import _compute_elbo
 from pyro.infer.util import is_identically_zero
 
 from pyrovae.inference.elbo import ESTIMATORS, Estimator, EstimatorAxes
-from pyrovae.inference.kl import PyroAnalyticELBO, analytic_particle_elbo, closed_form_kl
+from pyrovae.inference.kl import analytic_particle_elbo, closed_form_kl
 
 
 @ESTIMATORS.register("trace")
@@ -71,42 +70,24 @@ class TraceGraphELBO(Estimator):
         return elbo, -surrogate_loss
 
 
-@ESTIMATORS.register("meanfield")
-class MeanFieldELBO(Estimator):
-    """Pyro's ``TraceMeanField_ELBO``: ELBO = E_Q[log P(X|z)] - D[Q(z|X) || P(z)].
+@ESTIMATORS.register("analytic")
+class AnalyticELBO(Estimator):
+    """The analytic-KL ELBO (Doersch's eq. 7; Pyro's ``TraceMeanField_ELBO``):
+    ELBO = E_Q[log P(X|z)] - D[Q(z|X) || P(z)].
 
-    The KL of each latent site comes from ``torch.distributions.kl_divergence`` (torch's and
-    Pyro's registered pairs), falling back to the sampled ``log q - log p`` where no pair is
-    registered; the reconstruction term is sampled with the guide's reparameterised draw.
-    The same maths as ``TraceMeanField_ELBO._differentiable_loss_particle``, without its
-    ``torch_item`` (see :func:`pyrovae.inference.kl.analytic_particle_elbo`).
+    The KL of each latent site comes from :func:`~pyrovae.inference.kl.closed_form_kl`
+    (torch's registry, with the pairs pyrovae registers), falling back to the sampled
+    ``log q - log p`` where no pair is registered; the reconstruction term is sampled with
+    the guide's reparameterised draw. The same maths as
+    ``TraceMeanField_ELBO._differentiable_loss_particle`` without its ``torch_item``;
+    ``pyro_elbo()`` is Pyro's ``TraceMeanField_ELBO`` itself, for SVI. ``pyrovae check-kl``
+    checks it against ``trace`` on shared draws.
     """
 
     pyro_class = pyro.infer.TraceMeanField_ELBO
     AXES = EstimatorAxes(kl="analytic", rao_blackwell="none")
     supports_score_function = False
 
-    def kl(self, q, p) -> torch.Tensor:
-        """D[q || p] in closed form; ``NotImplementedError`` when there is none."""
-        return torch.distributions.kl_divergence(q, p)
-
     def particle_elbo(self, model_trace, guide_trace):
-        elbo = analytic_particle_elbo(model_trace, guide_trace, self.kl)
+        elbo = analytic_particle_elbo(model_trace, guide_trace, closed_form_kl)
         return elbo, elbo  # every term is pathwise: the value is its own surrogate
-
-
-@ESTIMATORS.register("analytic")
-class AnalyticELBO(MeanFieldELBO):
-    """pyrovae's analytic-KL ELBO (Doersch's eq. 7): ``meanfield`` with pyrovae's own KL.
-
-    Diagonal-Gaussian pairs go through :func:`pyrovae.inference.kl.kl_diag_normal`, other pairs
-    through the registry (:func:`pyrovae.inference.kl.closed_form_kl`). For SVI it offers
-    :class:`pyrovae.inference.kl.PyroAnalyticELBO`. For the VAE it is the same estimator as
-    ``meanfield``, by an independent implementation of the KL: tests hold the two equal to
-    float precision on a shared draw, and ``pyrovae check-kl`` checks it against ``trace``.
-    """
-
-    pyro_class = PyroAnalyticELBO
-
-    def kl(self, q, p) -> torch.Tensor:
-        return closed_form_kl(q, p)

@@ -27,18 +27,23 @@ from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
 
 REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
+RENAMED_VALUES = {"elbo": {"meanfield": "analytic"}}  # one estimator, once two names
 
 
 def migrate(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (a config.json or a checkpoint's config) in today's fields: the model
     kind's job converts its own old fields first (:meth:`~pyrovae.runs.job.Job.migrate_config`),
-    then fields no kind uses any more are dropped. Returns a new dict."""
+    then fields no kind uses any more are dropped and renamed values (``elbo: meanfield``, the
+    same estimator as ``analytic``) take today's names. Returns a new dict."""
     values = dict(values)
     kind = values.get("model", CONFIG_DEFAULTS["model"])
     if kind in JOBS:
         values = JOBS.get(kind).migrate_config(values)
     for name in REMOVED_FIELDS:
         values.pop(name, None)
+    for name, renamed in RENAMED_VALUES.items():
+        if values.get(name) in renamed:
+            values[name] = renamed[values[name]]
     return values
 
 
