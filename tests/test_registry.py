@@ -30,3 +30,16 @@ def test_unknown_name_lists_known_ones():
     with pytest.raises(ValueError, match=r"unknown widget 'c'; known: a, b"):
         registry.get("c")
     assert registry.unregister("a") == 1 and registry.names() == ["b"]
+
+
+def test_build_refuses_an_option_that_no_component_declares():
+    """One config holds every component's options, so a prior ignores ``sigma`` (a
+    likelihood's); a name no prior, likelihood or guide declares is a typo and is refused."""
+    from pyrovae import build_estimator, build_prior
+
+    assert build_prior("mixture", 2, components=3, sigma=0.1, flow_steps=2).components == 3
+    with pytest.raises(ValueError, match="unknown prior option.s. componnets; known options: "
+                                         ".*components"):
+        build_prior("mixture", 2, componnets=3)
+    with pytest.raises(ValueError, match="unknown estimator option.s. alpah"):
+        build_estimator("renyi", 2, alpah=0.3)

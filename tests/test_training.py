@@ -109,7 +109,7 @@ def test_fit_refuses_data_that_does_not_fit_the_model(bad, error, match):
 @pytest.mark.parametrize("kwargs,match", [
     ({"lr": 0}, "lr must be a finite number > 0, got 0"),
     ({"lr": float("nan")}, "lr must be a finite number > 0"),
-    ({"particles": 0}, "particles must be a positive integer, got 0"),
+    ({"particles": 0}, "particles must be an integer >= 1, got 0"),
     ({"estimator": "nope"}, "unknown estimator 'nope'; known: "),
     ({"stepper": "jax"}, "stepper must be one of fast, svi; got 'jax'"),
     ({"on_nan": "ignore"}, "on_nan must be one of stop, skip; got 'ignore'"),
@@ -122,5 +122,5 @@ def test_trainer_refuses_bad_settings(kwargs, match):
 
 def test_fit_refuses_bad_epochs(tiny_images):
     trainer = Trainer(VAE((1, 4, 4), z_dim=2, hidden=(8,)))
-    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         trainer.fit(tiny_images[0], epochs=0, progress=False)

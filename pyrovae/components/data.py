@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pyrovae.components.registry import Registry
+from pyrovae.components.validation import check_int, check_one_of
 
 DATASETS: Registry = Registry("dataset")
 BINARIZE_MODES = ("none", "static", "dynamic")
@@ -185,14 +186,12 @@ def binarize(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
 
 
 def check_binarize_mode(mode: str) -> None:
-    if mode not in BINARIZE_MODES:
-        raise ValueError(f"binarize must be one of {', '.join(BINARIZE_MODES)}; got {mode!r}")
+    check_one_of(mode, "binarize", BINARIZE_MODES)
 
 
 def check_batch_size(batch_size: int, n: int) -> None:
     """Refuse a batch size that is not a positive integer or exceeds the ``n`` data."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({n} training "
                          f"images); use at most {n}")

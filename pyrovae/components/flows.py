@@ -40,13 +40,6 @@ from pyro.nn.module import PyroModule, to_pyro_module_
 from torch import nn
 
 
-def positive_int(value, what: str) -> int:
-    """``value`` if it is an integer >= 1, else ``ValueError`` naming ``what`` and the value."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def made(input_dim: int, hidden: Sequence[int], context_dim: int = 0,
          reverse: bool = False) -> PyroModule:
     """Pyro's MADE network for one affine autoregressive step, as a ``PyroModule``.

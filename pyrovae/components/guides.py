@@ -27,10 +27,11 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.components.flows import FlowDistribution, flow_step, made, positive_int
+from pyrovae.components.flows import FlowDistribution, flow_step, made
 from pyrovae.components.registry import Registry
+from pyrovae.components.validation import check_int
 
-GUIDES: Registry = Registry("guide")
+GUIDES: Registry = Registry("guide", options="components")
 
 
 class Guide(PyroModule):
@@ -44,7 +45,7 @@ class Guide(PyroModule):
     def __init__(self, data_shape: Sequence[int], z_dim: int):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        self.z_dim = positive_int(z_dim, "z_dim")
+        self.z_dim = check_int(z_dim, "z_dim")
 
     def forward(self, x: torch.Tensor, loc: torch.Tensor,
                 scale: torch.Tensor) -> dist.TorchDistribution:
@@ -85,7 +86,7 @@ class FlowGuide(Guide):
     def __init__(self, data_shape: Sequence[int], z_dim: int, flow_steps: int = 2,
                  hidden: Sequence[int] = (256,)):
         super().__init__(data_shape, z_dim)
-        steps = positive_int(flow_steps, "flow_steps")
+        steps = check_int(flow_steps, "flow_steps")
         context = math.prod(self.data_shape)
         self.nets = PyroModule[nn.ModuleList](
             [made(z_dim, hidden, context, reverse=k % 2 == 1) for k in range(steps)])

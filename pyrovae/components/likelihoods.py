@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 
 from pyrovae.components.registry import Registry
+from pyrovae.components.validation import check_positive_float
 
-LIKELIHOODS: Registry = Registry("likelihood")
+LIKELIHOODS: Registry = Registry("likelihood", options="components")
 
 
 class Likelihood(PyroModule):
@@ -94,10 +95,7 @@ class FixedScaleLikelihood(Likelihood):
 
     def __init__(self, sigma: float = 0.1):
         super().__init__()
-        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 \
-                or not math.isfinite(sigma):
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-        self.sigma = float(sigma)
+        self.sigma = check_positive_float(sigma, "sigma")
 
 
 @LIKELIHOODS.register("gaussian")

@@ -33,11 +33,12 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrovae.components.flows import FlowDistribution, flow_step, made, positive_int
+from pyrovae.components.flows import FlowDistribution, flow_step, made
 from pyrovae.components.networks import Encoder
 from pyrovae.components.registry import Registry
+from pyrovae.components.validation import check_int
 
-PRIORS: Registry = Registry("prior")
+PRIORS: Registry = Registry("prior", options="components")
 
 
 class Prior(PyroModule):
@@ -51,9 +52,7 @@ class Prior(PyroModule):
 
     def __init__(self, z_dim: int):
         super().__init__()
-        if not isinstance(z_dim, int) or isinstance(z_dim, bool) or z_dim < 1:
-            raise ValueError(f"z_dim must be a positive integer, got {z_dim!r}")
-        self.z_dim = z_dim
+        self.z_dim = check_int(z_dim, "z_dim")
 
     def forward(self, batch_shape: tuple[int, ...] = ()) -> dist.TorchDistribution:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -140,7 +139,7 @@ class MixturePrior(Prior):
 
     def __init__(self, z_dim: int, components: int = 10):
         super().__init__(z_dim)
-        self.components = positive_int(components, "components")
+        self.components = check_int(components, "components")
         self.locs = nn.Parameter(torch.randn(components, z_dim))
         self.log_scales = nn.Parameter(torch.zeros(components, z_dim))
         self.logits = nn.Parameter(torch.zeros(components))
@@ -169,7 +168,7 @@ class VampPrior(Prior):
 
     def __init__(self, z_dim: int, components: int = 10):
         super().__init__(z_dim)
-        self.components = positive_int(components, "components")
+        self.components = check_int(components, "components")
         self._posterior = None  # vae.posterior: a bound method, not a submodule (no cycle)
 
     def attach(self, vae) -> None:
@@ -215,7 +214,7 @@ class FlowPrior(Prior):
 
     def __init__(self, z_dim: int, flow_steps: int = 2, flow_hidden: tuple[int, ...] = (32,)):
         super().__init__(z_dim)
-        steps = positive_int(flow_steps, "flow_steps")
+        steps = check_int(flow_steps, "flow_steps")
         self.nets = PyroModule[nn.ModuleList](
             [made(z_dim, flow_hidden, reverse=k % 2 == 1) for k in range(steps)])
         self.register_buffer("loc", torch.zeros(z_dim))
@@ -246,7 +245,7 @@ class ConditionalNormal(Prior):
     def __init__(self, z_dim: int, context_dim: int = 0, hidden: tuple[int, ...] = (256,),
                  activation: str = "relu"):
         super().__init__(z_dim)
-        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        if check_int(context_dim, "context_dim", minimum=0) < 1:
             raise ValueError(f"prior 'conditional_normal' is P(z|C) and needs a context "
                              f"(the cvae model kind); got context_dim {context_dim!r}")
         self.net = Encoder((context_dim,), hidden, z_dim, activation)

@@ -14,16 +14,26 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+_OPTION_GROUPS: dict[str, list[Registry]] = {}
+
+
 class Registry(Generic[T]):
     """Maps names to objects (usually classes or factories) of one kind.
 
     Args:
         kind: what is registered, used in error messages (e.g. ``"likelihood"``).
+        options: the name of a group of registries whose entries share one set of option
+            names (priors, likelihoods and guides share ``"components"``): :meth:`build`
+            accepts an option that some entry of the group declares and refuses any other.
+            ``None``: this registry is a group of its own.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, options: str | None = None):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._group = _OPTION_GROUPS.setdefault(options, []) if options else [self]
+        if options:
+            self._group.append(self)
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; without ``obj``, return a decorator."""
@@ -59,14 +69,28 @@ class Registry(Generic[T]):
         """Call the entry ``name`` with ``args`` and those ``options`` its signature accepts.
 
         Lets one config hold every component's options (``sigma``, ``components``, ...):
-        each component takes the ones it declares and ignores the rest.
+        each component takes the ones it declares and ignores the rest. An option that no
+        entry of this registry's group declares (a misspelt name) raises ``ValueError``.
         """
         factory = self.get(name)
-        target = factory.__init__ if isinstance(factory, type) else factory
-        parameters = inspect.signature(target).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        parameters = _parameters(factory)
+        if parameters is None:  # **kwargs: it takes everything
             return factory(*args, **options)
+        unknown = sorted(set(options) - self.option_names())
+        if unknown:
+            known = ", ".join(sorted(self.option_names()))
+            raise ValueError(f"unknown {self.kind} option(s) {', '.join(unknown)}; known "
+                             f"options: {known}")
         return factory(*args, **{k: v for k, v in options.items() if k in parameters})
+
+    def option_names(self) -> set[str]:
+        """Every keyword option some entry of this registry's group declares."""
+        names: set[str] = set()
+        for registry in self._group:
+            for entry in registry._entries.values():
+                parameters = _parameters(entry)
+                names |= set(parameters or ())
+        return names
 
     def names(self) -> list[str]:
         """The registered names, sorted."""
@@ -83,3 +107,14 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _parameters(factory) -> dict | None:
+    """The keyword parameters of a class's constructor or a function; ``None`` if it takes
+    ``**kwargs``."""
+    target = factory.__init__ if isinstance(factory, type) else factory
+    parameters = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return {k: p for k, p in parameters.items()
+            if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

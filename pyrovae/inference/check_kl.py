@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.kl import closed_form_kl
 from pyrovae.inference.pair import ModelGuidePair
@@ -111,8 +112,7 @@ def check_kl(vae: ModelGuidePair, x: torch.Tensor, draws: int = 200, particles: 
     z), ``gradients`` (per parameter group: elements, relative error and cosine of the mean
     gradients, max |z|, per-draw sd ratio), the limits, and ``agree``.
     """
-    if not isinstance(draws, int) or isinstance(draws, bool) or draws < MIN_DRAWS:
-        raise ValueError(f"draws must be an integer >= {MIN_DRAWS}, got {draws!r}")
+    check_int(draws, "draws", minimum=MIN_DRAWS)
     if not (isinstance(alpha, float) and 0 < alpha < 1):
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
     vae = copy.deepcopy(vae).to(torch.float64)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 
+from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
 from pyrovae.inference.statistics import Moments, grouped_gradients, parameter_groups
 
@@ -99,8 +100,7 @@ def gradient_moments(vae, x: torch.Tensor, estimator: Estimator, repeats: int
 def compare_estimators(vae, x: torch.Tensor, specs: list[EstimatorSpec] | None = None,
                        repeats: int = 50, alpha: float = 0.5) -> list[dict]:
     """One row per spec (see the module docstring), on batch ``x`` (``(B, *data_shape)``)."""
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 2:
-        raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
+    check_int(repeats, "repeats", minimum=2)
     estimators = [(spec, spec.build(alpha)) for spec in specs or default_specs()]
     rows = []
     with pyro.validation_enabled(False):  # as in training: validation reads values on the host

@@ -36,6 +36,7 @@ import pyro.infer
 import torch
 
 from pyrovae.components.registry import Registry
+from pyrovae.components.validation import check_int
 from pyrovae.inference.handlers import HandledELBO, KLWeightMessenger, ScoreFunctionMessenger
 
 ESTIMATORS: Registry = Registry("estimator")
@@ -89,9 +90,7 @@ class Estimator:
 
     def __init__(self, num_particles: int = 1, vectorize_particles: bool = False,
                  score_function: bool = False):
-        if not isinstance(num_particles, int) or isinstance(num_particles, bool) \
-                or num_particles < 1:
-            raise ValueError(f"particles must be a positive integer, got {num_particles!r}")
+        check_int(num_particles, "particles")
         if not isinstance(score_function, bool):
             raise TypeError(f"score_function must be True or False, got {score_function!r}")
         if score_function and not self.supports_score_function:

@@ -45,6 +45,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from pyrovae.components.rng import forked_rng
+from pyrovae.components.validation import check_int, check_one_of
 from pyrovae.inference.elbo import Estimator, guess_plate_nesting
 from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.importance import log_weights
@@ -233,12 +234,10 @@ def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
                          for k in counts) or counts != sorted(set(counts)):
         raise ValueError(f"samples must be an integer >= 1 or an increasing list of them, "
                          f"got {counts!r}")
-    if proposal not in PROPOSALS:
-        raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}; got {proposal!r}")
+    check_one_of(proposal, "proposal", PROPOSALS)
     for name, value in (("chunk", chunk), ("batch_size", batch_size)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if value is not None:
+            check_int(value, name)
     if len(x) == 0:
         raise ValueError("cannot estimate the log-likelihood of an empty data set")
 

@@ -29,6 +29,7 @@ import torch
 
 from pyrovae.components.networks import check_sizes
 from pyrovae.components.registry import Registry
+from pyrovae.components.validation import check_int
 
 CONDITIONS: Registry = Registry("condition")
 MISSING_GREY = 0.5  # how figures show the pixels an input does not give
@@ -52,9 +53,7 @@ class Condition:
         self.image_shape = check_sizes(image_shape, "image_shape")
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (C, H, W), got {self.image_shape}")
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-            raise ValueError(f"classes must be a positive integer, got {classes!r}")
-        self.classes = classes
+        self.classes = check_int(classes, "classes")
 
     @property
     def name(self) -> str:

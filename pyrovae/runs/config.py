@@ -25,6 +25,7 @@ from pyrovae.runs.plugins import load_plugins
 from pyrovae.components.priors import PRIORS
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
+from pyrovae.components.validation import check_bool, check_int, check_one_of, check_positive_float
 
 REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
 RENAMED_VALUES = {"elbo": {"meanfield": "analytic"}}  # one estimator, once two names
@@ -122,26 +123,17 @@ class TrainConfig:
         load_plugins(self.plugin)
         for name in ("dataset", "likelihood", "prior", "guide", "activation", "elbo",
                      "stepper", "compile", "on_nan", "binarize"):
-            choices = _choices(name)
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}; "
-                                 f"got {getattr(self, name)!r}")
+            check_one_of(getattr(self, name), name, _choices(name))
         for name in ("z_dim", "epochs", "batch_size", "particles", "components", "flow_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer; got {self.seed!r}")
+            check_int(getattr(self, name), name)
+        check_int(self.seed, "seed", minimum=None)
         for name in ("sigma", "lr", "dist_timeout") + \
                 (("clip_norm",) if self.clip_norm is not None else ()):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+            check_positive_float(getattr(self, name), name)
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"hidden must be one or more integers >= 1; got {self.hidden!r}")
         check_alpha(self.alpha)
-        if not isinstance(self.score_function, bool):
-            raise ValueError(f"score_function must be true or false; got {self.score_function!r}")
+        check_bool(self.score_function, "score_function")
         check_kl_weight(self.beta, self.kl_warmup, self.build_estimator())
         self._validate_model()
         return self
@@ -149,9 +141,7 @@ class TrainConfig:
     def _validate_model(self) -> None:
         """``model`` and the fields that belong to one kind (metadata ``kind``): such a field
         is set only for its kind, and is required there; then the kind's own checks."""
-        if self.model not in JOBS:
-            raise ValueError(f"model must be one of {', '.join(JOBS.names())}; "
-                             f"got {self.model!r}")
+        check_one_of(self.model, "model", JOBS.names())
         for name, f in CONFIG_FIELDS.items():
             kind = f.metadata.get("kind")
             if kind is None:

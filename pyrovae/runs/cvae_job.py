@@ -29,6 +29,7 @@ import torch
 from pyrovae.components.data import Dataset
 from pyrovae.components.likelihoods import build_likelihood
 from pyrovae.components.rng import forked_rng
+from pyrovae.components.validation import check_int
 from pyrovae.inference.evaluation import evaluate_elbo, log_likelihood
 from pyrovae.inference.statistics import standard_error
 from pyrovae.models.conditioning import Condition, build_condition, pack
@@ -207,9 +208,8 @@ def write_cvae_figures(run: CVAERun, images: torch.Tensor, labels: torch.Tensor,
                        seed: int = 0) -> list[Path]:
     """``completions.png`` for the first ``rows`` of ``images``/``labels`` with ``draws``
     CVAE draws each, and ``by_label.png`` (``draws`` per class) for the ``label`` task."""
-    for name, value in (("draws", draws), ("rows", rows)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int(draws, "draws")
+    check_int(rows, "rows")
     with forked_rng(images):
         torch.manual_seed(seed)
         paths = [plot_completions(run, images[:rows], labels[:rows], draws,

@@ -18,6 +18,7 @@ import torch
 
 from pyrovae.components.data import DeviceBatches, check_images
 from pyrovae.components.rng import forked_rng, rng_state, set_rng_state
+from pyrovae.components.validation import check_int, check_one_of, check_positive_float
 from pyrovae.inference.estimators import Estimator, build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo
 from pyrovae.inference.pair import ModelGuidePair
@@ -114,23 +115,16 @@ class Trainer:
         check_lr(lr)
         if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
-        if not (isinstance(adam_eps, (int, float)) and math.isfinite(adam_eps)
-                and adam_eps > 0):
-            raise ValueError(f"adam_eps must be a finite number > 0, got {adam_eps!r}")
+        check_positive_float(adam_eps, "adam_eps")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
-        if stepper not in STEPPERS:
-            raise ValueError(f"stepper must be one of {', '.join(STEPPERS)}; got {stepper!r}")
-        if compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; "
-                             f"got {compile!r}")
+        check_one_of(stepper, "stepper", STEPPERS)
+        check_one_of(compile, "compile", COMPILE_MODES)
         if compile == "graph" and stepper != "fast":
             raise ValueError(f"compile='graph' needs stepper='fast', got {stepper!r}")
         if distributed.enabled and stepper != "fast":
             raise ValueError(f"stepper {stepper!r} cannot train on several ranks; use 'fast'")
-        if on_nan not in NAN_ACTIONS:
-            raise ValueError(
-                f"on_nan must be one of {', '.join(NAN_ACTIONS)}; got {on_nan!r}")
+        check_one_of(on_nan, "on_nan", NAN_ACTIONS)
         self.compile, self.on_nan, self.distributed = compile, on_nan, distributed
         pyro.clear_param_store()
         self.vae = vae
@@ -183,8 +177,7 @@ class Trainer:
                 gradient was NaN or infinite; that epoch is not recorded and no callback's
                 ``on_epoch_end`` sees it, so the last checkpoint stays the good one.
         """
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        check_int(epochs, "epochs")
         self.check_data(train_x, "train_x")
         if test_x is not None:
             self.check_data(test_x, "test_x")
@@ -317,19 +310,14 @@ class Trainer:
 
 def check_lr(lr) -> None:
     """``ValueError`` unless ``lr`` is a finite number > 0."""
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
-            and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    check_positive_float(lr, "lr")
 
 
 def check_kl_weight(beta, kl_warmup, estimator: Estimator) -> tuple[float, int]:
     """``(beta, kl_warmup)`` checked: beta a finite number > 0, kl_warmup an integer >= 0,
     and neither with a score-function estimator (Pyro's scale would also scale the score)."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) \
-            or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be an integer >= 0 (epochs), got {kl_warmup!r}")
+    check_positive_float(beta, "beta")
+    check_int(kl_warmup, "kl_warmup", minimum=0)  # epochs
     if estimator.score_function and (beta != 1 or kl_warmup):
         raise ValueError("beta != 1 and kl_warmup need pathwise gradients: the KL weight "
                          "scales the guide's score-function term too; drop --score-function")
