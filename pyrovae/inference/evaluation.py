@@ -197,8 +197,8 @@ def log_likelihood(vae: ModelGuidePair, x: torch.Tensor, samples: int | Sequence
             estimate at k uses the first k draws), e.g. ``[1, 10, 100, 5000]``.
         proposal: ``"guide"`` (importance sampling from Q) or ``"prior"`` (naive).
         chunk: particles per pass (memory: ``chunk x batch`` decoder outputs).
-        batch_size: data per pass; default ``max(1, 16384 // chunk)`` (measured on the CPU:
-            passes of ~16k (datum, draw) pairs run faster than 4k or 64k).
+        batch_size: data per pass; default ``max(1, 16384 // chunk)``, so a pass scores
+            about 16k (datum, draw) pairs and memory stays bounded.
 
     Returns:
         a :class:`LogLikelihood` (a list of them, one per k, for a list).

@@ -25,8 +25,8 @@ these counters with the epoch's loss in one transfer. With ``on_nan="skip"`` a n
 step leaves parameters and Adam state as they were, so training carries on from the last
 good values. On the CPU (``FastStepper.skip_on_host``) the optimiser step is simply not taken:
 the verdict is read on the host, which costs nothing there, while copying the state in order
-to undo a step cost about 1.7 ms of a 7-9 ms step of the IWAE MLP at batch 256. On other
-devices the update is undone on the device (state restored with ``torch.where``), which needs
+to undo a step is a large share of a small step (docs/BENCHMARKS.md has the measurement). On
+other devices the update is undone on the device (state restored with ``torch.where``), which needs
 no host sync and works inside a CUDA graph. The ``svi`` stepper
 checks the loss Pyro returns after every step and cannot skip (Pyro has already stepped).
 """
@@ -136,8 +136,8 @@ class FastStepper:
         # by undoing it on the device (no sync; the only way inside a CUDA graph)
         self.skip_on_host = self.device.type == "cpu"
         # CUDA: capturable Adam (its step counter stays on the device: graph-safe, no sync);
-        # CPU: fused Adam, one kernel for all parameters (about 6x faster than the default
-        # per-tensor loop for the MNIST MLP, and it reads no value on the host either)
+        # CPU: fused Adam, one kernel for all parameters (faster than the default per-tensor
+        # loop, and it reads no value on the host either)
         cuda = self.device.type == "cuda"
         lr_value = torch.tensor(float(lr), device=self.device) if cuda else lr
         self.optimizer = torch.optim.Adam(self.params, lr=lr_value, betas=betas, eps=eps,
