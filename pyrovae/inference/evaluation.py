@@ -243,15 +243,16 @@ def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
 
 
 def nll_report(vae: ModelGuidePair, x: torch.Tensor, samples: int, chunk: int = 500,
-               combine=None) -> dict:
+               combine=None) -> tuple[dict, LogLikelihood]:
     """The test NLL by importance sampling (IWAE-k) of the data ``x``, for evaluation.json:
     :meth:`LogLikelihood.summary` plus ``test_nll_chunk`` and ``test_nll_seconds`` (wall
-    time of the whole estimate, on ``x``'s device). ``combine`` maps this process's
-    :class:`LogLikelihood` to the one reported (e.g. joined over ranks)."""
+    time of the whole estimate, on ``x``'s device), and the estimate itself (for paired
+    comparisons). ``combine`` maps this process's :class:`LogLikelihood` to the one reported
+    (e.g. joined over ranks, or with ``dims`` set to the values actually scored)."""
     start = time.perf_counter()
     result = log_likelihood(vae, x, samples, "guide", chunk)
     if combine is not None:
         result = combine(result)
     seconds = time.perf_counter() - start
     return {**result.summary("test_nll"), "test_nll_chunk": chunk,
-            "test_nll_seconds": seconds, "test_nll_device": str(x.device)}
+            "test_nll_seconds": seconds, "test_nll_device": str(x.device)}, result

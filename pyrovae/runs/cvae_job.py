@@ -17,10 +17,9 @@ with standard errors and their paired difference, into ``evaluation.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyro
@@ -30,7 +29,7 @@ from pyrovae.components.data import Dataset
 from pyrovae.components.likelihoods import build_likelihood
 from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
-from pyrovae.inference.evaluation import evaluate_elbo, log_likelihood
+from pyrovae.inference.evaluation import evaluate_elbo, nll_report
 from pyrovae.inference.statistics import standard_error
 from pyrovae.models.conditioning import Condition, build_condition, pack
 from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, regressor_nll
@@ -274,12 +273,9 @@ def evaluate_cvae_run(run: CVAERun, test_x: torch.Tensor, batch_size: int = 1000
         "baseline_nll_bits_per_dim": float(baseline.mean()) / (y_dim * math.log(2)),
     }
     if nll_samples:
-        start = time.perf_counter()
-        estimate = log_likelihood(packed, test_x, nll_samples, "guide", chunk)
-        estimate = dataclasses.replace(estimate, dims=y_dim)  # scored values, not packed ones
-        result.update(estimate.summary("test_nll"))
-        result.update({"test_nll_chunk": chunk, "test_nll_seconds": time.perf_counter() - start,
-                       "test_nll_device": str(test_x.device)})
+        report, estimate = nll_report(  # per scored value of Y, not per packed value
+            packed, test_x, nll_samples, chunk, combine=lambda e: replace(e, dims=y_dim))
+        result.update(report)
         difference = -estimate.per_datum - baseline
         result.update({"nll_difference": float(difference.mean()),
                        "nll_difference_se": standard_error(difference)})
