@@ -257,3 +257,19 @@ def test_bad_shapes_are_refused(digits):
         condition.split(torch.zeros(4, 1, 28, 28), digits[1][:4])
     with pytest.raises(ValueError, match="image_shape must be"):
         build_condition("half", (8, 8))
+
+
+def test_the_vaes_methods_take_the_context(digits):
+    """A CVAE is a VAE with a context: sample, encode, decode and reconstruct take it, and
+    without it they say so instead of failing inside a matrix product."""
+    images, labels = digits[0][:4], digits[1][:4]
+    condition = build_condition("half", images.shape[1:])
+    x, y = condition.split(images, labels)
+    cvae = make_cvae(condition, LEARNED)
+    assert cvae.sample(3, context=x).shape == (3, 4, condition.y_dim)
+    assert cvae.encode(y, context=x).shape == (4, 3)
+    assert cvae.reconstruct(y, context=x).shape == y.shape
+    for call in (lambda: cvae.sample(3), lambda: cvae.decode(torch.zeros(4, 3)),
+                 lambda: cvae.encode(y)):
+        with pytest.raises(ValueError, match="context"):
+            call()

@@ -134,3 +134,38 @@ def test_a_cvae_run_of_the_version_before_the_priors_were_shared_still_loads(tmp
     assert main(["evaluate", str(run), "--limit", "20"]) == 0
     assert main(["train", "--out", str(run), "--condition", "half", "--epochs", "2",
                  "--resume", *FAST]) == 0
+
+
+def test_compare_and_check_kl_work_on_a_cvae_run(tmp_path, capsys):
+    """Both go through the run's job: the parameter groups are the CVAE's own parts, and the
+    closed-form KL of conditional_normal against the diagonal guide is checked."""
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--condition", "half", "--prior",
+                 "conditional_normal", "--epochs", "1", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(run), "--repeats", "3", "--estimators", "trace", "analytic",
+                 "--batch-size", "32"]) == 0
+    header = (run / "compare.csv").read_text().splitlines()[0].split(",")
+    assert {"encoder_snr", "decoder_snr", "prior_snr"} <= set(header)
+    assert (run / "figures" / "compare.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["check-kl", str(run), "--draws", "40", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["agree"] and report["kl"] == "closed form"
+    assert {"encoder", "decoder", "prior"} <= set(report["gradients"])
+
+
+def test_a_flag_wins_over_an_old_config_file_it_is_given_with(tmp_path, capsys):
+    """``--config`` of an old cvae run (``cvae_prior: learned``) is brought up to date before
+    the command line's flags apply, so ``--prior vamp`` is what trains."""
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"model": "cvae", "condition": "half", "cvae_prior": "learned",
+                               "prior": "standard_normal"}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(old), "--prior", "vamp", "--components", "3",
+                 "--out", str(run), "--epochs", "1", *FAST]) == 0
+    assert json.loads((run / "config.json").read_text())["prior"] == "vamp"
+    capsys.readouterr()
+    assert main(["train", "--cvae-prior", "learned", "--out", str(tmp_path / "r")]) == 2
+    assert "use --prior standard_normal (was fixed) or --prior conditional_normal" in \
+        capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_wrong_data_shape_is_a_clear_error(tiny_images):
     vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
     with pytest.raises(ValueError, match=r"x must have shape \(batch, 1, 4, 4\).*\(5, 16\)"):
         vae.model(grey[:5].reshape(5, 16))
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         vae.sample(0)
 
 

@@ -31,7 +31,7 @@ from pyrovae.components.flows import FlowDistribution, flow_step, made
 from pyrovae.components.registry import Registry
 from pyrovae.components.validation import check_int
 
-GUIDES: Registry = Registry("guide", options="components")
+GUIDES: Registry = Registry("guide", options="model components")
 
 
 class Guide(PyroModule):

@@ -26,7 +26,7 @@ from pyro.nn import PyroModule
 from pyrovae.components.registry import Registry
 from pyrovae.components.validation import check_positive_float
 
-LIKELIHOODS: Registry = Registry("likelihood", options="components")
+LIKELIHOODS: Registry = Registry("likelihood", options="model components")
 
 
 class Likelihood(PyroModule):

@@ -38,7 +38,7 @@ from pyrovae.components.networks import Encoder
 from pyrovae.components.registry import Registry
 from pyrovae.components.validation import check_int
 
-PRIORS: Registry = Registry("prior", options="components")
+PRIORS: Registry = Registry("prior", options="model components")
 
 
 class Prior(PyroModule):
@@ -163,13 +163,14 @@ class VampPrior(Prior):
         components: K >= 1.
 
     Needs its VAE: :meth:`attach` (called by :class:`~pyrovae.models.vae.VAE`) creates the
-    pseudo-inputs and keeps ``vae.posterior``; used alone, ``forward`` raises ``RuntimeError``.
+    pseudo-inputs and keeps ``vae.guide_distribution``; used alone, ``forward`` raises
+    ``RuntimeError``.
     """
 
     def __init__(self, z_dim: int, components: int = 10):
         super().__init__(z_dim)
         self.components = check_int(components, "components")
-        self._posterior = None  # vae.posterior: a bound method, not a submodule (no cycle)
+        self._posterior = None  # a bound method of the VAE, not a submodule (no cycle)
 
     def attach(self, vae) -> None:
         self.pseudo_inputs = nn.Parameter(torch.rand(self.components, *vae.data_shape))

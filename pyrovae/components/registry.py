@@ -23,7 +23,7 @@ class Registry(Generic[T]):
     Args:
         kind: what is registered, used in error messages (e.g. ``"likelihood"``).
         options: the name of a group of registries whose entries share one set of option
-            names (priors, likelihoods and guides share ``"components"``): :meth:`build`
+            names (priors, likelihoods and guides share ``"model components"``): :meth:`build`
             accepts an option that some entry of the group declares and refuses any other.
             ``None``: this registry is a group of its own.
     """
@@ -110,11 +110,14 @@ class Registry(Generic[T]):
 
 
 def _parameters(factory) -> dict | None:
-    """The keyword parameters of a class's constructor or a function; ``None`` if it takes
-    ``**kwargs``."""
+    """The options of a class's constructor or a function (its parameters with defaults;
+    the required ones are the positional arguments of :meth:`Registry.build`); ``None`` if
+    it takes ``**kwargs``."""
     target = factory.__init__ if isinstance(factory, type) else factory
+    if getattr(target, "__module__", "").split(".")[0] in ("torch", "pyro"):
+        return {}  # the constructor of nn.Module / PyroModule itself: no component options
     parameters = inspect.signature(target).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return None
-    return {k: p for k, p in parameters.items()
-            if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: p for k, p in parameters.items() if p.default is not p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

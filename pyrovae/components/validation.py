@@ -1,9 +1,8 @@
 """What values an argument may take: the one home of pyrovae's argument checks.
 
-Each check returns the value when it is allowed and otherwise raises ``ValueError`` (or
-``TypeError`` for a wrong kind of value) with a message that names the argument, the value
-seen and what is allowed, e.g. ``"z_dim must be an integer >= 1, got 0"``. Booleans are
-never accepted as numbers.
+Each check returns the value when it is allowed and otherwise raises ``ValueError`` with a
+message that names the argument, the value seen and what is allowed, e.g. ``"z_dim must be
+an integer >= 1, got 0"``. Booleans are never accepted as numbers.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def build_estimator(name: str, num_particles: int = 1, **options) -> Estimator:
     """Instantiate the estimator registered as ``name``.
 
     ``options`` (``alpha``, ``score_function``, ...) go to the constructor; those it does not
-    declare are ignored, so one config can hold every estimator's options. ``alpha`` only
-    reaches the Renyi estimator, for instance.
+    declare are left out, so one config can hold every estimator's options (``alpha`` only
+    reaches the Renyi estimator, for instance); one that no estimator declares raises
+    ``ValueError``.
     """
     return ESTIMATORS.build(name, num_particles=num_particles, **options)

@@ -2,9 +2,11 @@
 
 Two Pyro callables over the same data, with parameters in an ``nn.Module`` (a
 ``PyroModule``, or plain modules registered with ``pyro.module``) or in ``pyro.param``
-statements. pyrovae's :class:`~pyrovae.models.vae.VAE` is one; inference and training
-only call ``model(*args)`` and ``guide(*args)``, so they import nothing from
-:mod:`pyrovae.models`.
+statements. pyrovae's :class:`~pyrovae.models.vae.VAE` is one. The estimators, the
+evaluation and ``check-kl``/``compare`` only call ``model(*args)`` and ``guide(*args)`` (and
+read the traces); the Trainer also needs ``parameters()`` and ``data_shape`` (the shape of
+one datum), and a run's job ``likelihood.check``. So inference and training import nothing
+from :mod:`pyrovae.models`.
 """
 
 from __future__ import annotations

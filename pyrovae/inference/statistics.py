@@ -45,7 +45,15 @@ class Moments:
 
 
 def parameter_groups(module: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-    """The parameters of each top-level part of a module (encoder, decoder, prior, ...)."""
+    """The parameters of each top-level part of a module (encoder, decoder, prior, ...).
+
+    A wrapper whose parameters all sit in one child (``PackedCVAE`` around its CVAE) is
+    looked through, so the parts are the wrapped model's."""
+    while not list(module.parameters(recurse=False)):
+        holders = [child for child in module.children() if list(child.parameters())]
+        if len(holders) != 1:
+            break
+        module = holders[0]
     groups = {name: list(child.parameters()) for name, child in module.named_children()}
     return {name: params for name, params in groups.items() if params}
 

@@ -39,7 +39,6 @@ from pyrovae.components.guides import Guide
 from pyrovae.components.likelihoods import Likelihood, build_likelihood
 from pyrovae.components.networks import Decoder, check_sizes
 from pyrovae.components.priors import Prior
-from pyrovae.components.validation import check_int
 from pyrovae.models.conditioning import unpack
 from pyrovae.models.vae import VAE
 
@@ -97,9 +96,7 @@ class CVAE(VAE):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """Means of P(Y|z, X) at ``n`` draws z ~ P(z|X) per input: ``(n, B, y_dim)``."""
-        check_int(n, "n")
-        z = self.conditional_prior(x).sample((n,))
-        return self.output(z, x).mean
+        return self.sample(n, context=x)
 
 
 class Regressor(PyroModule):

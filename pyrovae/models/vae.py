@@ -157,31 +157,44 @@ class VAE(PyroModule):
                ) -> dist.TorchDistribution:
         """P(X|z) (or P(X|z, C)) for ``z`` ``(..., z_dim)``: batch ``(...)``, event
         ``data_shape``."""
+        self._need_context(context)
         return self.likelihood(self.decoder(join(z, context)), self.data_shape)
 
+    def _need_context(self, context: torch.Tensor | None) -> None:
+        if context is None and self.context_dim:
+            raise ValueError(f"this model is conditional: pass context, shape (batch, "
+                             f"{self.context_dim})")
+
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """One code per datum, ``(B, z_dim)``: the guide's ``location`` (mu(X) for the
         diagonal guide; mu(X) pushed through the flow for the flow guide)."""
-        self._batch_size(x)
+        self._batch_size(x, context)
+        if context is not None:
+            x = join(context, x.reshape(len(x), -1))
         return self.q.location(x, *self.encoder(x))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean of P(X|z) for codes ``z`` of shape ``(..., z_dim)``: ``(..., *data_shape)``."""
-        return self.output(z).mean
+    def decode(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of P(X|z) (or P(X|z, C)) for codes ``z`` of shape ``(..., z_dim)``:
+        ``(..., *data_shape)``."""
+        return self.output(z, context).mean
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder mean at the code :meth:`encode` gives (mu(X) for the diagonal guide);
         same shape as ``x``."""
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x, context), context)
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """Decoder means of ``n`` prior draws z ~ P(z): shape ``(n, *data_shape)``."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        return self.decode(self.prior((n,)).sample())
+    def sample(self, n: int, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder means of ``n`` prior draws z ~ P(z): shape ``(n, *data_shape)``; with a
+        context ``(B, context_dim)``, ``n`` draws z ~ P(z|C) for each row: ``(n, B,
+        *data_shape)``."""
+        check_int(n, "n")
+        self._need_context(context)
+        z = self.prior((n,)).sample() if context is None else \
+            self.prior_given(context)((len(context),)).sample((n,))
+        return self.decode(z, context)
 
     @property
     def device(self) -> torch.device:

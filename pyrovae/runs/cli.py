@@ -15,7 +15,7 @@ import sys
 import typing
 from pathlib import Path
 
-from pyrovae.runs.config import CONFIG_FIELDS, TrainConfig
+from pyrovae.runs.config import CONFIG_FIELDS, TrainConfig, migrate
 from pyrovae.training.distributed import RankFailure
 
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="overwrite the run files of an "
                        "existing --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--cvae-prior", dest="removed_cvae_prior", help=argparse.SUPPRESS)
 
     sample = commands.add_parser("sample", help="draw samples from a trained model")
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -147,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """A TrainConfig from ``--config`` (if given) overridden by the flags that were given."""
     values = {}
-    if args.config is not None:
+    if args.config is not None:  # a run's config.json of any version: brought up to date first
         values = json.loads(args.config.read_text())
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object")
+        values = migrate(values)
     values.update({k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not None})
     return TrainConfig.from_dict(values)
 
@@ -158,6 +160,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _train(args) -> int:
     from pyrovae.runs.train import train_run
 
+    if args.removed_cvae_prior is not None:
+        raise ValueError("--cvae-prior is gone: every prior serves the cvae now; use --prior "
+                         "standard_normal (was fixed) or --prior conditional_normal (was "
+                         "learned)")
     config = config_from_args(args)
     run_dir = train_run(config, args.out, resume=args.resume, force=args.force,
                         progress=False if args.quiet else None)

@@ -165,9 +165,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (e.g. a ``config.json``, brought up to date by :func:`migrate`);
-        unknown keys raise ``ValueError``."""
-        values = migrate(values)
+        """Build from a dict of today's fields; unknown keys raise ``ValueError``. (A saved
+        ``config.json`` goes through :func:`migrate` first: :meth:`load` does that.)"""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -182,7 +181,9 @@ class TrainConfig:
             values = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"config file {path} is not valid JSON: {error}") from None
-        return cls.from_dict(values)
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(migrate(values))
 
 
 def _choices(name: str) -> list[str]:

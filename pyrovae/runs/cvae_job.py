@@ -50,8 +50,7 @@ def build_cvae(config: TrainConfig, condition: Condition) -> CVAE:
     """The CVAE a ``model="cvae"`` config describes, for ``condition``, on the CPU: any
     registered prior (P(z|X)), guide (Q(z|X, Y)) and likelihood, with the config's options."""
     return CVAE(condition.x_dim, condition.y_dim, z_dim=config.z_dim, hidden=config.hidden,
-                activation=config.activation,
-                likelihood=build_likelihood(config.likelihood, sigma=config.sigma),
+                activation=config.activation, likelihood=config.likelihood,
                 prior=config.prior, guide=config.guide, **component_options(config))
 
 
@@ -190,7 +189,7 @@ class CVAEJob(Job):
         """``n`` (default 6) CVAE draws for each of the first ``rows`` (default 8) inputs of
         the ``given`` split (default test) into the folder ``out`` (default
         ``RUN_DIR/figures``)."""
-        draws = DRAWS if n is None else n
+        draws = DRAWS if n is None else check_int(n, "-n")
         run = self.load(run_dir)
         data = load_cvae_data(run)
         images, labels = (data.test_x, data.test_y) if given in (None, "test") \

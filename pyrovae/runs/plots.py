@@ -189,11 +189,12 @@ def plot_image_table(columns: Sequence[tuple[str, torch.Tensor]], path: str | Pa
 
 
 def plot_comparison(rows: list[dict], path: str | Path) -> Path:
-    """Four panels, one bar per estimator: bound +- sd, encoder SNR, decoder SNR, ms/step."""
+    """One panel per measure, one bar per estimator: bound +- sd, the gradient SNR of each
+    parameter group (encoder, decoder, ...), ms per step."""
     labels = [row["estimator"] for row in rows]
+    groups = [key.removesuffix("_snr") for key in rows[0] if key.endswith("_snr")]
     panels = [("bound", "bound_sd", "bound, nats per datum (+- sd across repeats)"),
-              ("encoder_snr", None, "encoder gradient SNR"),
-              ("decoder_snr", None, "decoder gradient SNR"),
+              *((f"{g}_snr", None, f"{g} gradient SNR") for g in groups),
               ("ms_per_step", None, "ms per loss + backward")]
     fig = Figure(figsize=(4 * len(panels), 0.4 * len(rows) + 1.5))
     axes = fig.subplots(1, len(panels), sharey=True)
