@@ -1,0 +1,50 @@
+"""The training callbacks that write a run folder's files (rank 0 alone adds them).
+
+:class:`SaveCheckpoint` writes ``checkpoint.pt`` after every epoch; :class:`MetricsLog`
+keeps ``metrics.jsonl``: rewritten from the trainer's history when training starts (so lines
+written after the last checkpoint by a crashed run disappear), one line per epoch, and an
+event line when training stops on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pyrovae.runs.checkpoints import save_checkpoint
+from pyrovae.runs.folders import write_metrics
+from pyrovae.training.callbacks import Callback
+from pyrovae.training.trainer import NonFiniteLossError
+
+
+class SaveCheckpoint(Callback):
+    """``checkpoint.pt`` (:func:`~pyrovae.runs.checkpoints.save_checkpoint`) every epoch."""
+
+    def __init__(self, path: Path, config, data_shape: tuple[int, ...]):
+        self.path, self.config, self.data_shape = Path(path), config, tuple(data_shape)
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        save_checkpoint(self.path, trainer, self.config, self.data_shape)
+
+
+class MetricsLog(Callback):
+    """``RUN_DIR/metrics.jsonl``: one JSON object per epoch, plus a ``non_finite`` event."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def _append(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_fit_start(self, trainer, epochs: int) -> None:
+        write_metrics(self.path.parent, trainer.history)
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        self._append(metrics)
+
+    def on_exception(self, trainer, error: BaseException) -> None:
+        if isinstance(error, NonFiniteLossError):
+            self._append({"event": "non_finite", "epoch": error.epoch, "step": error.step,
+                          "bad_steps": error.bad_steps, "steps": error.steps,
+                          "action": "stopped"})

@@ -1,0 +1,117 @@
+"""The ``vae`` model kind: Doersch's VAE of P(X), its figures, evaluation and samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyrovae.components.data import Dataset
+from pyrovae.components.guides import build_guide
+from pyrovae.components.likelihoods import build_likelihood
+from pyrovae.components.priors import PRIORS, build_prior
+from pyrovae.components.rng import forked_rng
+from pyrovae.inference.evaluation import evaluate_elbo, nll_report
+from pyrovae.models.vae import VAE
+from pyrovae.runs import plots
+from pyrovae.runs.checkpoints import model_state
+from pyrovae.runs.config import TrainConfig
+from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_data
+from pyrovae.training import distributed
+
+
+def build_vae(config: TrainConfig, data_shape: tuple[int, ...]) -> VAE:
+    """The VAE a config describes (prior, likelihood, guide, networks), on the CPU.
+
+    The VAE builds its components by name; each takes the options of the config that its
+    constructor declares (``sigma``, ``components``, ``flow_steps``, ``hidden``).
+    """
+    return VAE(data_shape, z_dim=config.z_dim, hidden=config.hidden,
+               activation=config.activation, prior=config.prior,
+               likelihood=config.likelihood, guide=config.guide, **component_options(config))
+
+
+def write_figures(vae: VAE, data: Dataset, history: list[dict], folder: Path,
+                  seed: int = 0) -> list[Path]:
+    """samples.png, reconstructions.png, curves.png (and latent.png when z_dim == 2)."""
+    with forked_rng(vae.device), torch.no_grad():
+        torch.manual_seed(seed)
+        paths = [plots.plot_samples(vae, folder / "samples.png"),
+                 plots.plot_reconstructions(vae, data.test_x, folder / "reconstructions.png"),
+                 plots.plot_curves(history, folder / "curves.png")]
+        if vae.z_dim == 2:
+            paths.append(plots.plot_latent(vae, data.test_x, data.test_y,
+                                           folder / "latent.png"))
+    return paths
+
+
+@JOBS.register("vae")
+class VAEJob(Job):
+    """P(X) with a latent: the :class:`~pyrovae.models.vae.VAE` on the images themselves."""
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        if PRIORS.get(config.prior).needs_context:
+            raise ValueError(f"prior {config.prior!r} is P(z|X) and needs a context: use it "
+                             "with --model cvae")
+
+    def prepare(self, data: Dataset) -> None:
+        self.module = build_vae(self.config, data.image_shape).to(self.device)
+        self.data = prepare_data(self.config, self.module, data, self.device)
+        self.train_x, self.test_x = self.data.train_x, self.data.test_x
+
+    def finish(self, history: list[dict], run_dir: Path) -> None:
+        write_figures(self.module, self.data, history, run_dir / "figures",
+                      seed=self.config.seed)
+
+    def load(self, run_dir: Path) -> VAE:
+        state, data_shape = model_state(run_dir)
+        vae = build_vae(self.config, data_shape)
+        vae.load_state_dict(state)
+        return vae.to(self.device).eval()
+
+    def test_pair(self, run_dir: Path) -> tuple[VAE, torch.Tensor]:
+        vae = self.load(run_dir)
+        return vae, prepare_data(self.config, vae, self.load_data(), self.device).test_x
+
+    def evaluate(self, run_dir: Path, batch_size: int = 1000, nll_samples: int = 0,
+                 chunk: int = 500, limit: int | None = None, seed: int = 0,
+                 ctx=distributed.SINGLE) -> dict:
+        """Test ELBO (and IS-k NLL) of the run; under torchrun each rank takes every W-th
+        test image and the result is over all of them."""
+        vae, all_test = self.test_pair(run_dir)
+        check_limit(limit, len(all_test))
+        all_test = all_test[:limit]
+        distributed.check_shardable(len(all_test), ctx, "the test set (--limit)")
+        test_x = distributed.shard(all_test, ctx, equal=False)
+        # one process: the seed itself; several: a distinct stream per rank
+        pyro.set_rng_seed(distributed.rank_seed(seed, 0, ctx.rank) if ctx.enabled else seed)
+        elbo = evaluate_elbo(vae, test_x, batch_size, self.config.elbo)
+        result = {
+            "test_elbo": distributed.reduce_mean(elbo, len(test_x), ctx, self.device),
+            "n_test": len(all_test),
+            "estimator": self.config.elbo,
+            "units": "nats per datum",
+            "seed": seed,
+            "world_size": ctx.world_size,
+        }
+        if nll_samples:
+            report, _ = nll_report(vae, test_x, nll_samples, chunk,
+                                   combine=lambda e: distributed.gather_log_likelihood(e, ctx))
+            result.update(report)
+        return result
+
+    def sample(self, run_dir: Path, n: int | None = None, out: Path | None = None,
+               seed: int = 0, given: str | None = None, rows: int | None = None) -> str:
+        """``n`` (default 64) decoder means of z ~ P(z) on a grid, to ``out`` (default
+        ``RUN_DIR/figures/samples.png``)."""
+        if given is not None:
+            raise ValueError(f"--given completes inputs of a cvae run; {run_dir} holds a vae")
+        n = 64 if n is None else n
+        if n < 1:
+            raise ValueError(f"-n must be >= 1, got {n}")
+        vae = self.load(run_dir)
+        torch.manual_seed(seed)
+        path = plots.plot_samples(vae, out or Path(run_dir) / "figures" / "samples.png", n=n)
+        return f"wrote {n} samples to {path}"
