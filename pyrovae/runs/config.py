@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyrovae.models.conditioning import CONDITIONS
 from pyrovae.components.data import BINARIZE_MODES, DATASETS
-from pyrovae.inference.estimators import ESTIMATORS, Estimator, build_estimator
 from pyrovae.components.guides import GUIDES
-from pyrovae.inference.importance import check_alpha
 from pyrovae.components.likelihoods import LIKELIHOODS
 from pyrovae.components.networks import ACTIVATIONS
+from pyrovae.components.priors import PRIORS
+from pyrovae.components.validation import check_bool, check_int, check_one_of, check_positive_float
+from pyrovae.inference.estimators import ESTIMATORS, Estimator, build_estimator
+from pyrovae.inference.importance import check_alpha
+from pyrovae.models.conditioning import CONDITIONS
 from pyrovae.runs.job import JOBS
 from pyrovae.runs.plugins import load_plugins
-from pyrovae.components.priors import PRIORS
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
-from pyrovae.components.validation import check_bool, check_int, check_one_of, check_positive_float
 
 REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
 RENAMED_VALUES = {"elbo": {"meanfield": "analytic"}}  # one estimator, once two names

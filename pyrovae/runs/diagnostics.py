@@ -14,6 +14,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyrovae.components.validation import check_int
 from pyrovae.inference.check_kl import check_kl
 from pyrovae.inference.compare import EstimatorSpec, compare_estimators
 from pyrovae.runs.config import TrainConfig
@@ -22,7 +23,6 @@ from pyrovae.runs.jobs import job_for_run
 from pyrovae.runs.plots import plot_comparison
 from pyrovae.runs.vae_job import build_vae
 from pyrovae.training.trainer import resolve_device
-from pyrovae.components.validation import check_int
 
 FRESH_SHAPE = (1, 8, 8)  # the digits images, for a freshly initialised model
 

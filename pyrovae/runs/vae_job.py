@@ -8,9 +8,7 @@ import pyro
 import torch
 
 from pyrovae.components.data import Dataset
-from pyrovae.components.guides import build_guide
-from pyrovae.components.likelihoods import build_likelihood
-from pyrovae.components.priors import PRIORS, build_prior
+from pyrovae.components.priors import PRIORS
 from pyrovae.components.rng import forked_rng
 from pyrovae.inference.evaluation import evaluate_elbo, nll_report
 from pyrovae.models.vae import VAE
