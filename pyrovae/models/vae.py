@@ -145,9 +145,15 @@ class VAE(PyroModule):
     def guide_distribution(self, x: torch.Tensor,
                            context: torch.Tensor | None = None) -> dist.TorchDistribution:
         """Q(z|X) (or Q(z|X, C)): batch shape ``x``'s leading dims, event ``(z_dim,)``."""
-        if context is not None:  # the encoder reads [C, X]
-            x = join(context, x.reshape(x.shape[: x.dim() - len(self.data_shape)] + (-1,)))
-        return self.q(x, *self.encoder(x))
+        h = self._encoder_input(x, context)
+        return self.q(h, *self.encoder(h))
+
+    def _encoder_input(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """What the encoder (and the guide) read: ``x`` itself, or ``[C, flat X]`` with a
+        context, shape ``(..., context_dim + prod(data_shape))``."""
+        if context is None:
+            return x
+        return join(context, x.reshape(x.shape[: x.dim() - len(self.data_shape)] + (-1,)))
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """Q(z|X) as a distribution: batch shape ``(B,)``, event shape ``(z_dim,)``."""
@@ -170,9 +176,8 @@ class VAE(PyroModule):
         """One code per datum, ``(B, z_dim)``: the guide's ``location`` (mu(X) for the
         diagonal guide; mu(X) pushed through the flow for the flow guide)."""
         self._batch_size(x, context)
-        if context is not None:
-            x = join(context, x.reshape(len(x), -1))
-        return self.q.location(x, *self.encoder(x))
+        h = self._encoder_input(x, context)
+        return self.q.location(h, *self.encoder(h))
 
     def decode(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of P(X|z) (or P(X|z, C)) for codes ``z`` of shape ``(..., z_dim)``:

@@ -58,7 +58,7 @@ def build_regressor(config: TrainConfig, condition: Condition) -> Regressor:
     """The baseline of a ``model="cvae"`` config: the CVAE decoder's widths on X alone."""
     return Regressor(condition.x_dim, condition.y_dim, hidden=config.hidden,
                      activation=config.activation,
-                     likelihood=build_likelihood(config.likelihood, sigma=config.sigma))
+                     likelihood=build_likelihood(config.likelihood, **component_options(config)))
 
 
 @dataclass

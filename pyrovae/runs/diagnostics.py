@@ -43,7 +43,7 @@ def run_check_kl(run_dir: str | Path | None = None, batch_size: int | None = Non
         size = config.batch_size if batch_size is None else batch_size
         _check_batch_size(size, None)
         with torch.no_grad():
-            x = vae.likelihood(vae.decoder(vae.prior((size,)).sample()), vae.data_shape).sample()
+            x = vae.output(vae.prior((size,)).sample()).sample()
         model = (f"freshly initialised model (default config: z_dim {config.z_dim}, hidden "
                  f"{config.hidden}, {config.likelihood}), on {size} draws of its own P(X)")
     else:
