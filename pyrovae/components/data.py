@@ -101,6 +101,21 @@ def check_images(x: torch.Tensor, what: str = "data") -> None:
         raise ValueError(f"{what} contain {bad} NaN or infinite values; clean the data first")
 
 
+def check_tensor_data(x: torch.Tensor, what: str = "data") -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``x`` is a non-empty tensor ``(N, ...)``
+    whose values, when floating, are all finite (data of any shape, for a user's model)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{what} must hold one or more data along dim 0, got shape "
+                         f"{tuple(x.shape)}")
+    if x.is_floating_point() and not torch.isfinite(x.sum()).item():
+        bad = (~torch.isfinite(x)).sum().item()
+        if bad:
+            raise ValueError(f"{what} contain {bad} NaN or infinite values; clean the data "
+                             "first")
+
+
 @DATASETS.register("digits")
 def _load_digits(data_dir: Path, download: bool) -> Dataset:
     from sklearn.datasets import load_digits
@@ -198,7 +213,7 @@ def check_batch_size(batch_size: int, n: int) -> None:
 
 
 class DeviceBatches:
-    """Mini-batches cut from a tensor that lives on the device, in a fresh order each epoch.
+    """Mini-batches cut from tensors that live on the device, in a fresh order each epoch.
 
     The order is a ``torch.randperm`` on the data's device drawn from the global torch RNG
     (so seeding torch and saving its RNG state makes the order reproducible). The last partial
@@ -207,22 +222,29 @@ class DeviceBatches:
     ``len(self) * batch_size`` data, and the dropped ones differ from epoch to epoch.
 
     Args:
-        x: data on its final device, shape ``(N, ...)``.
+        x: data on its final device, shape ``(N, ...)``; or a tuple of such tensors (a
+            model's arguments, cut with the same order), each batch then a tuple.
         batch_size: at most N.
-        dynamic_binarize: resample each batch from Bernoulli(x) as it is drawn.
+        dynamic_binarize: resample each batch of ``x`` (the first tensor of a tuple) from
+            Bernoulli(x) as it is drawn.
     """
 
-    def __init__(self, x: torch.Tensor, batch_size: int, dynamic_binarize: bool = False):
-        check_batch_size(batch_size, len(x))
-        self.x = x
+    def __init__(self, x, batch_size: int, dynamic_binarize: bool = False):
+        self.tensors = (x,) if isinstance(x, torch.Tensor) else tuple(x)
+        self.single = isinstance(x, torch.Tensor)
+        check_batch_size(batch_size, len(self.tensors[0]))
         self.batch_size = batch_size
         self.dynamic_binarize = dynamic_binarize
 
     def __len__(self) -> int:
-        return len(self.x) // self.batch_size
+        return len(self.tensors[0]) // self.batch_size
 
     def __iter__(self):
-        order = torch.randperm(len(self.x), device=self.x.device)
+        first = self.tensors[0]
+        order = torch.randperm(len(first), device=first.device)
         for i in range(len(self)):
-            batch = self.x[order[i * self.batch_size : (i + 1) * self.batch_size]]
-            yield torch.bernoulli(batch) if self.dynamic_binarize else batch
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = [t[index] for t in self.tensors]
+            if self.dynamic_binarize:
+                batch[0] = torch.bernoulli(batch[0])
+            yield batch[0] if self.single else tuple(batch)

@@ -36,6 +36,7 @@ import pyro.infer
 import torch
 
 from pyrovae.components.registry import Registry
+from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
 from pyrovae.inference.handlers import HandledELBO, KLWeightMessenger, ScoreFunctionMessenger
 
@@ -183,12 +184,15 @@ class Estimator:
 
 def guess_plate_nesting(elbo: pyro.infer.ELBO, model, guide, args, kwargs) -> int:
     """Pyro's guess of ``elbo.max_plate_nesting`` (one run of guide and model, as Pyro does
-    on first use), without its INFO log line; sets and returns it."""
+    on first use), without its INFO log line, on a forked RNG: the guess draws, and must not
+    move the training stream (a resumed run would draw it again). Sets and returns it."""
     logger = logging.getLogger("pyro.infer.elbo")
     level = logger.level
     logger.setLevel(logging.WARNING)
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), "cpu")
     try:
-        elbo._guess_max_plate_nesting(model, guide, args, kwargs)
+        with forked_rng(device):
+            elbo._guess_max_plate_nesting(model, guide, args, kwargs)
     finally:
         logger.setLevel(level)
     return elbo.max_plate_nesting

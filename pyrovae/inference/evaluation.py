@@ -44,22 +44,23 @@ import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int, check_one_of
 from pyrovae.inference.elbo import Estimator, guess_plate_nesting
 from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.importance import log_weights
-from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.pair import Batch, ModelGuidePair, as_args, num_data, take
 from pyrovae.inference.statistics import standard_error
 
 PROPOSALS = ("guide", "prior")
+PARTICLE_PLATE = "log_likelihood_particles"
 MAX_ROWS = 2 ** 14  # (datum, particle) pairs per pass: bounds the memory of one chunk
 
 
 @torch.no_grad()
-def evaluate_elbo(vae: ModelGuidePair, x: torch.Tensor, batch_size: int = 1000,
+def evaluate_elbo(vae: ModelGuidePair, x: Batch, batch_size: int = 1000,
                   estimator: Estimator | str = "trace") -> float:
-    """Mean bound of the data ``x`` (shape ``(N, *data_shape)``), nats per datum.
+    """Mean bound of the data ``x`` (shape ``(N, *data_shape)``, or a tuple of the model's
+    tensor arguments with the data along dim 0), nats per datum.
 
     The estimator's unweighted bound (any KL weight beta is dropped: beta = 1): the ELBO for
     a name (one particle), the estimator's own K-particle bound for an instance. Each datum
@@ -69,13 +70,14 @@ def evaluate_elbo(vae: ModelGuidePair, x: torch.Tensor, batch_size: int = 1000,
     if isinstance(estimator, str):
         estimator = build_estimator(estimator)
     estimator = estimator.without_kl_weight()
-    if len(x) == 0:
+    n = num_data(x)
+    if n == 0:
         raise ValueError("cannot evaluate the ELBO of an empty data set")
-    total = torch.zeros((), device=x.device)
-    for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
-        total -= estimator.differentiable_loss(vae.model, vae.guide, batch).detach()
-    return float(total) / len(x)
+    total = torch.zeros((), device=as_args(x)[0].device)
+    for start in range(0, n, batch_size):
+        batch = take(x, slice(start, start + batch_size))
+        total -= estimator.differentiable_loss(vae.model, vae.guide, *batch).detach()
+    return float(total) / n
 
 
 @dataclass
@@ -160,37 +162,55 @@ class _Running:
         return value, (ratio.clamp_min(0.0) / (n - 1)).sqrt(), ess
 
 
-def _per_datum_log_weights(vae: ModelGuidePair, x: torch.Tensor, draws: int, proposal: str,
-                           nesting: int) -> torch.Tensor:
+def _per_datum_log_weights(vae: ModelGuidePair, args: tuple[torch.Tensor, ...], draws: int,
+                           proposal: str, nesting: int) -> torch.Tensor:
     """``(draws, B)`` float64 unscaled log-weights of ``draws`` fresh particles per datum.
 
     The particles are a plate of size ``draws`` left of the model's ``nesting`` plates.
     """
-    plate = pyro.plate("log_likelihood_particles", draws, dim=-(nesting + 1))
+    plate = pyro.plate(PARTICLE_PLATE, draws, dim=-(nesting + 1))
     if proposal == "guide":
-        guide_trace = prune_subsample_sites(poutine.trace(plate(vae.guide)).get_trace(x))
+        guide_trace = prune_subsample_sites(poutine.trace(plate(vae.guide)).get_trace(*args))
         model = poutine.replay(plate(vae.model), trace=guide_trace)
     else:  # naive: every latent drawn from its prior, and only log P(X|z) kept
         guide_trace, model = Trace(), plate(vae.model)
-    model_trace = prune_subsample_sites(poutine.trace(model).get_trace(x))
+    model_trace = prune_subsample_sites(poutine.trace(model).get_trace(*args))
     if proposal == "prior":
         for name in [n for n, s in model_trace.nodes.items()
                      if s["type"] == "sample" and not s["is_observed"]]:
             model_trace.remove_node(name)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    log_w = log_weights(model_trace, guide_trace, scaled=False).reshape(draws, -1).double()
-    if log_w.shape[1] != len(x):
-        raise ValueError(f"per-datum log-likelihoods need every latent inside the data plate; "
-                         f"got log-weights of shape {tuple(log_w.shape)} for {len(x)} data")
-    return log_w
+    batch = num_data(args)
+    log_w = log_weights(model_trace, guide_trace, scaled=False)
+    if log_w.numel() != draws * batch:
+        raise ValueError(_outside_the_data_plate(model_trace, guide_trace, draws, batch))
+    return log_w.reshape(draws, batch).double()
+
+
+def _outside_the_data_plate(model_trace, guide_trace, draws: int, batch: int) -> str:
+    """The message for sites whose log-density is not one value per (draw, datum)."""
+    outside = []
+    for trace in (model_trace, guide_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or name in outside:
+                continue
+            sizes = {f.size for f in site["cond_indep_stack"]
+                     if f.vectorized and f.name != PARTICLE_PLATE}
+            if batch not in sizes:
+                outside.append(name)
+    sites = ", ".join(repr(n) for n in outside) or "(none found by plate size)"
+    return (f"per-datum log-likelihoods need every sample site inside the data plate (one "
+            f"log-density per datum); outside it: {sites}, with {batch} data and {draws} "
+            "draws per datum")
 
 
 @torch.no_grad()
-def log_likelihood(vae: ModelGuidePair, x: torch.Tensor, samples: int | Sequence[int] = 5000,
+def log_likelihood(vae: ModelGuidePair, x: Batch, samples: int | Sequence[int] = 5000,
                    proposal: str = "guide", chunk: int = 500,
                    batch_size: int | None = None) -> LogLikelihood | list[LogLikelihood]:
-    """Estimate log P(x_i) for each datum of ``x`` (``(N, *data_shape)``); see the module.
+    """Estimate log P(x_i) for each datum of ``x`` (``(N, *data_shape)``, or a tuple of the
+    model's tensor arguments with the data first); see the module.
 
     Args:
         samples: k, draws per datum; or an increasing list of k, answered from one run (the
@@ -206,27 +226,26 @@ def log_likelihood(vae: ModelGuidePair, x: torch.Tensor, samples: int | Sequence
     counts = [samples] if isinstance(samples, int) else list(samples)
     _check_counts(counts, proposal, chunk, batch_size, x)
     batch_size = batch_size or max(1, MAX_ROWS // chunk)
-    nesting = _plate_nesting(vae, x[:1])
+    nesting = _plate_nesting(vae, take(x, slice(0, 1)))
     parts = [([], [], []) for _ in counts]  # per k: estimates, s.e., ESS, batch by batch
-    for start in range(0, len(x), batch_size):
-        batch, running = x[start:start + batch_size], _Running()
+    for start in range(0, num_data(x), batch_size):
+        batch, running = take(x, slice(start, start + batch_size)), _Running()
         for i, k in enumerate(counts):
             while running.n < k:
                 draws = min(chunk, k - running.n)
                 running.add(_per_datum_log_weights(vae, batch, draws, proposal, nesting))
             for part, tensor in zip(parts[i], running.estimate()):
                 part.append(tensor)
-    dims = math.prod(x.shape[1:])
+    dims = math.prod(as_args(x)[0].shape[1:])
     results = [LogLikelihood(k, proposal, *(torch.cat(p).cpu() for p in part[:2]), dims,
                              torch.cat(part[2]).cpu()) for k, part in zip(counts, parts)]
     return results[0] if isinstance(samples, int) else results
 
 
-def _plate_nesting(vae: ModelGuidePair, x: torch.Tensor) -> int:
+def _plate_nesting(vae: ModelGuidePair, args: tuple[torch.Tensor, ...]) -> int:
     """How many plates deep the model and guide go (Pyro's guess, from one run)."""
     elbo = pyro.infer.Trace_ELBO(vectorize_particles=True)
-    with forked_rng(x):
-        return guess_plate_nesting(elbo, vae.model, vae.guide, (x,), {})
+    return guess_plate_nesting(elbo, vae.model, vae.guide, args, {})
 
 
 def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
@@ -238,11 +257,11 @@ def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
     for name, value in (("chunk", chunk), ("batch_size", batch_size)):
         if value is not None:
             check_int(value, name)
-    if len(x) == 0:
+    if num_data(x) == 0:
         raise ValueError("cannot estimate the log-likelihood of an empty data set")
 
 
-def nll_report(vae: ModelGuidePair, x: torch.Tensor, samples: int, chunk: int = 500,
+def nll_report(vae: ModelGuidePair, x: Batch, samples: int, chunk: int = 500,
                combine=None) -> tuple[dict, LogLikelihood]:
     """The test NLL by importance sampling (IWAE-k) of the data ``x``, for evaluation.json:
     :meth:`LogLikelihood.summary` plus ``test_nll_chunk`` and ``test_nll_seconds`` (wall
@@ -255,4 +274,4 @@ def nll_report(vae: ModelGuidePair, x: torch.Tensor, samples: int, chunk: int = 
         result = combine(result)
     seconds = time.perf_counter() - start
     return {**result.summary("test_nll"), "test_nll_chunk": chunk,
-            "test_nll_seconds": seconds, "test_nll_device": str(x.device)}, result
+            "test_nll_seconds": seconds, "test_nll_device": str(as_args(x)[0].device)}, result

@@ -44,7 +44,14 @@ class Moments:
         return (self.var / self.n).sqrt()
 
 
-def parameter_groups(module: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+def parameter_groups(pair) -> dict[str, list[torch.nn.Parameter]]:
+    """The parameters of each part of a model/guide pair: its own ``parameter_groups()``
+    (a :class:`~pyrovae.inference.pair.PyroPair`'s), else :func:`module_groups`."""
+    own = getattr(pair, "parameter_groups", None)
+    return own() if callable(own) else module_groups(pair)
+
+
+def module_groups(module: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
     """The parameters of each top-level part of a module (encoder, decoder, prior, ...).
 
     A wrapper whose parameters all sit in one child (``PackedCVAE`` around its CVAE) is

@@ -202,8 +202,8 @@ class LossModule(nn.Module):
         self.vae = vae
         self.estimator = estimator
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.estimator.differentiable_loss(self.vae.model, self.vae.guide, x)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.estimator.differentiable_loss(self.vae.model, self.vae.guide, *args)
 
 
 def ddp_loss(vae: ModelGuidePair, estimator: Estimator, device: torch.device):

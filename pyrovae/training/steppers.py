@@ -43,8 +43,9 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.components.rng import forked_rng
+from pyrovae.inference.elbo import guess_plate_nesting
 from pyrovae.inference.estimators import Estimator
-from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.pair import ModelGuidePair, as_args
 from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, ddp_loss
 
 STEPPERS = ("fast", "svi")
@@ -60,6 +61,13 @@ class EpochStats:
     steps: int             # steps taken
     bad_steps: int         # steps whose loss or gradient was NaN or infinite
     first_bad_step: int    # index (0-based, within the epoch) of the first bad step; -1: none
+
+
+def check_stepper_options(stepper: str, on_nan: str) -> None:
+    """``ValueError`` for a stepper and NaN action that do not go together."""
+    if stepper == "svi" and on_nan != "stop":
+        raise ValueError(f"on_nan={on_nan!r} needs stepper 'fast': pyro.infer.SVI has "
+                         "already updated the parameters when it returns the loss")
 
 
 def clip_per_parameter(params: list[torch.Tensor], clip_norm: float) -> None:
@@ -81,9 +89,10 @@ def all_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     return torch.isfinite(total)
 
 
-def graph_capturable(vae: ModelGuidePair, estimator: Estimator, x: torch.Tensor,
-                     device: torch.device) -> tuple[bool, str]:
-    """Whether the step on batches like ``x`` can be captured in a CUDA graph, and why not.
+def graph_capturable(vae: ModelGuidePair, estimator: Estimator, x, device: torch.device
+                     ) -> tuple[bool, str]:
+    """Whether the step on batches like ``x`` (a tensor or a tuple of the model's tensor
+    arguments) can be captured in a CUDA graph, and why not.
 
     Needs CUDA, an estimator with a sync-free loss, and a guide whose sample sites are all
     reparameterised (score-function terms are fine eagerly, but kept out of graphs).
@@ -94,7 +103,7 @@ def graph_capturable(vae: ModelGuidePair, estimator: Estimator, x: torch.Tensor,
         return False, f"estimator {type(estimator).__name__} has no sync-free loss"
     with torch.no_grad(), poutine.block(), forked_rng(device):
         guide = estimator.wrap(vae.model, vae.guide)[1]  # as trained (--score-function)
-        guide_trace = poutine.trace(guide).get_trace(x)  # leaves the RNG streams as found
+        guide_trace = poutine.trace(guide).get_trace(*as_args(x))  # leaves the RNG streams as found
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site_is_subsample(site) \
                 and not site["fn"].has_rsample:
@@ -148,16 +157,16 @@ class FastStepper:
         self.use_graph = False
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_x: torch.Tensor | None = None
+        self.static_args: tuple[torch.Tensor, ...] = ()
         self._eager_steps = 0
         if distributed.enabled:
             self._loss = ddp_loss(vae, estimator, self.device)
         else:
-            self._loss = lambda x: estimator.differentiable_loss(vae.model, vae.guide, x)
+            self._loss = lambda *args: estimator.differentiable_loss(vae.model, vae.guide, *args)
 
-    def _eager_step(self, x: torch.Tensor) -> None:
+    def _eager_step(self, args: tuple[torch.Tensor, ...]) -> None:
         with pyro.validation_enabled(False):  # validation reads values on the host
-            loss = self._loss(x)
+            loss = self._loss(*args)
         # DDP averages gradients over the W ranks: W * loss makes the sum (module docstring)
         (loss * self.distributed.world_size if self.distributed.enabled else loss).backward()
         if self.clip_norm is not None:
@@ -193,20 +202,23 @@ class FastStepper:
         for tensor, old in zip(after, before):
             tensor.copy_(torch.where(finite, tensor, old))
 
-    def step(self, x: torch.Tensor) -> None:
-        """Take one optimiser step on batch ``x``; adds its loss to ``self.loss_sum``."""
+    def step(self, x) -> None:
+        """Take one optimiser step on batch ``x`` (a tensor, or a tuple of the model's tensor
+        arguments); adds its loss to ``self.loss_sum``."""
+        args = as_args(x)
         if not self.use_graph:
             self.optimizer.zero_grad(set_to_none=True)  # no zero fill, no accumulate
-            self._eager_step(x)
+            self._eager_step(args)
         elif self.graph is not None:
-            self.static_x.copy_(x)
+            for static, arg in zip(self.static_args, args):
+                static.copy_(arg)
             self.graph.replay()
         elif self._eager_steps < self.warmup:
-            self._side_stream_step(x)
+            self._side_stream_step(args)
         else:
-            self._capture(x)
+            self._capture(args)
 
-    def _side_stream_step(self, x: torch.Tensor) -> None:
+    def _side_stream_step(self, x: tuple[torch.Tensor, ...]) -> None:
         """A warm-up step on a side stream, as capture requires (PyTorch's CUDA-graph recipe)."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -216,13 +228,13 @@ class FastStepper:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         self._eager_steps += 1
 
-    def _capture(self, x: torch.Tensor) -> None:
-        """Record the whole step on a static copy of ``x``, then replay it for ``x``."""
-        self.static_x = x.clone()
+    def _capture(self, args: tuple[torch.Tensor, ...]) -> None:
+        """Record the whole step on static copies of ``args``, then replay it for them."""
+        self.static_args = tuple(arg.clone() for arg in args)
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates grads in the graph pool
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._eager_step(self.static_x)
+            self._eager_step(self.static_args)
         self.graph = graph
         graph.replay()  # capture records kernels without running them
 
@@ -278,17 +290,24 @@ class SVIStepper:
                  clip_norm: float | None,
                  on_nan: str = "stop", betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
-        if on_nan != "stop":
-            raise ValueError(f"on_nan={on_nan!r} needs stepper 'fast': pyro.infer.SVI has "
-                             "already updated the parameters when it returns the loss")
+        check_stepper_options("svi", on_nan)
         clip_args = {"clip_norm": clip_norm} if clip_norm is not None else None
         self.optim_args = {"lr": lr, "betas": betas, "eps": eps}
         self.optimizer = pyro.optim.Adam(self.optim_args, clip_args=clip_args)
-        self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, estimator.pyro_elbo())
+        self.vae, self.estimator = vae, estimator
+        self.elbo = estimator.pyro_elbo()
+        self.svi = pyro.infer.SVI(vae.model, vae.guide, self.optimizer, self.elbo)
         self.stats = EpochStats(0.0, 0, 0, -1)
 
-    def step(self, x: torch.Tensor) -> None:
-        loss = self.svi.step(x)  # a Python float: Pyro syncs here, every step
+    def step(self, x) -> None:
+        args = as_args(x)
+        inner = getattr(self.elbo, "elbo", self.elbo)  # inside a HandledELBO
+        if inner.vectorize_particles and inner.max_plate_nesting == math.inf:
+            # Pyro would guess on this step from the training stream; a resumed run would
+            # draw that again: guess on a forked RNG (as the fast stepper's estimator does)
+            guess_plate_nesting(inner, *self.estimator.wrap(self.vae.model, self.vae.guide),
+                                args, {})
+        loss = self.svi.step(*args)  # a Python float: Pyro syncs here, every step
         if math.isfinite(loss):
             self.stats.loss_sum += loss
         else:

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 import pyro
 import torch
 
-from pyrovae.components.data import DeviceBatches, check_images
+from pyrovae.components.data import DeviceBatches, check_images, check_tensor_data
 from pyrovae.components.rng import forked_rng, rng_state, set_rng_state
 from pyrovae.components.validation import check_int, check_one_of, check_positive_float
 from pyrovae.inference.estimators import Estimator, build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo
-from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.pair import Batch, as_args, as_pair, num_data, take
 from pyrovae.training.callbacks import Callback, ProgressBar
 from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
 from pyrovae.training.steppers import (
@@ -30,6 +30,7 @@ from pyrovae.training.steppers import (
     STEPPERS,
     FastStepper,
     SVIStepper,
+    check_stepper_options,
     graph_capturable,
 )
 
@@ -64,11 +65,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Trainer:
-    """Trains a model/guide pair (:class:`~pyrovae.models.vae.VAE` or any object with ``model``,
-    ``guide``, ``parameters()`` and ``data_shape``) by SVI, epoch by epoch.
+    r"""Trains a model/guide pair by SVI, epoch by epoch.
+
+    The pair is any two Pyro programs over the same data (see
+    :mod:`pyrovae.inference.pair`): pyrovae's :class:`~pyrovae.models.vae.VAE`, an object
+    with ``model`` and ``guide`` methods (Pyro's ``examples/vae`` VAE as written), or
+    ``Trainer(model=my_model, guide=my_guide)``. Parameters may live in ``nn.Module``\ s,
+    ``pyro.module`` registrations or ``pyro.param`` statements, also ones created on the
+    first call: the first batch (or :meth:`prepare`) runs the guide and model once to find
+    them before the optimiser is built.
 
     Args:
-        vae: the model/guide pair, already on its device.
+        pair: the model/guide pair, already on its device (or ``model=`` and ``guide=``).
         estimator: an :class:`~pyrovae.inference.estimators.Estimator` or a registered name.
         lr: Adam learning rate (> 0).
         clip_norm: per-parameter gradient norm clip, or ``None``.
@@ -90,11 +98,14 @@ class Trainer:
             beta_e = B min(1, (e - 1) / N), from 0 in the first epoch to B from epoch N + 1.
         adam_betas, adam_eps: Adam's moment decay rates (each in [0, 1)) and denominator
             constant (> 0); Burda et al. (2015) train with eps 1e-4.
-
         distributed: this process's rank (:mod:`pyrovae.training.distributed`); with several ranks
             (``fast`` stepper only), ``fit`` and ``evaluate`` take this rank's shard of the
             data and report metrics over all ranks, and each epoch reseeds the RNG from
             (seed, epoch, rank).
+        model, guide: the two programs, instead of ``pair``.
+
+    Data: ``fit`` and ``evaluate`` take a tensor ``(N, ...)`` (``model(x)``) or a tuple of
+    tensors with the data along dim 0 (``model(x, y, ...)``, e.g. a condition).
 
     :meth:`set_lr` changes the learning rate between epochs (schedules), also inside a
     captured CUDA graph.
@@ -105,13 +116,16 @@ class Trainer:
 
     The process-global Pyro parameter store is cleared on construction: a process trains
     one model at a time (stale entries of an earlier model would shadow this one's in SVI).
+    ``self.pair`` is the :class:`~pyrovae.inference.pair.PyroPair`, ``self.vae`` the object
+    given (the pair itself for ``model=``/``guide=``).
     """
 
-    def __init__(self, vae: ModelGuidePair, estimator: Estimator | str = "trace", lr: float = 1e-3,
+    def __init__(self, pair=None, estimator: Estimator | str = "trace", lr: float = 1e-3,
                  clip_norm: float | None = None, stepper: str = "fast", particles: int = 1,
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
                  kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
-                 adam_eps: float = 1e-8, distributed: Distributed = SINGLE):
+                 adam_eps: float = 1e-8, distributed: Distributed = SINGLE, *,
+                 model=None, guide=None):
         check_lr(lr)
         if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
@@ -126,28 +140,86 @@ class Trainer:
             raise ValueError(f"stepper {stepper!r} cannot train on several ranks; use 'fast'")
         check_one_of(on_nan, "on_nan", NAN_ACTIONS)
         self.compile, self.on_nan, self.distributed = compile, on_nan, distributed
+        self.pair = as_pair(pair, model, guide)
+        self.vae = self.pair.wrapped
         pyro.clear_param_store()
-        self.vae = vae
+        self.pair.install()  # a pair set up before keeps its store parameters
         self.estimator = build_estimator(estimator, particles) if isinstance(estimator, str) \
             else estimator
         self.beta, self.kl_warmup = check_kl_weight(beta, kl_warmup, self.estimator)
-        if self.beta != 1.0 or self.kl_warmup:  # before the stepper: SVI wraps the handlers
-            self.estimator.set_kl_weight(self.beta_at(1), next(vae.parameters()).device)
-        options = {"distributed": distributed} if distributed.enabled else {}
-        step_class = FastStepper if stepper == "fast" else SVIStepper
-        self.stepper = step_class(vae, self.estimator, lr, clip_norm, on_nan=on_nan,
-                                  betas=tuple(float(b) for b in adam_betas),
-                                  eps=float(adam_eps), **options)
+        self._stepper_options = dict(
+            stepper=stepper, lr=lr, clip_norm=clip_norm, on_nan=on_nan,
+            betas=tuple(float(b) for b in adam_betas), eps=float(adam_eps))
+        self._stepper: FastStepper | SVIStepper | None = None
+        self._stepped_parameters: list[int] = []
+        self._pending_state: dict | None = None  # loaded before the parameters were known
         self.epoch = 0
         self.history: list[dict] = []
+        self.data_shape = self.pair.data_shape
         self.stop_requested = False  # set (e.g. by a signal handler) to stop after an epoch
+        check_stepper_options(stepper, on_nan)
+        if self._parameters_known():  # otherwise on the first batch (prepare)
+            self._build_stepper()
+
+    @property
+    def stepper(self) -> FastStepper | SVIStepper:
+        """The stepper, built over the pair's parameters once they are known."""
+        if self._stepper is None:
+            if not self._parameters_known():
+                raise RuntimeError("the pair's parameters are not known yet (it has no "
+                                   "nn.Module parameters; they appear on its first call): "
+                                   "call fit(...) or prepare(example_batch) first")
+            self._build_stepper()
+        return self._stepper
+
+    def _parameters_known(self) -> bool:
+        return self.pair.is_set_up or next(iter(self.pair.parameters()), None) is not None
+
+    def _build_stepper(self) -> None:
+        params = list(self.pair.parameters())
+        if not params:
+            raise ValueError("the model and guide use no parameters: nothing to train")
+        options = dict(self._stepper_options)
+        step_class = FastStepper if options.pop("stepper") == "fast" else SVIStepper
+        if self.beta != 1.0 or self.kl_warmup:  # before the stepper: SVI wraps the handlers
+            self.estimator.set_kl_weight(self.beta_at(self.epoch + 1), params[0].device)
+        if self.distributed.enabled:
+            options["distributed"] = self.distributed
+        lr, clip_norm = options.pop("lr"), options.pop("clip_norm")
+        self._stepper = step_class(self.pair, self.estimator, lr, clip_norm, **options)
+        self._stepped_parameters = [id(p) for p in params]
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self._load_model_and_optimizer(state)
+
+    def prepare(self, batch) -> None:
+        """Find the pair's parameters on an example ``batch`` (a tensor or tuple of tensors;
+        one run of guide and model on a forked RNG) and build the optimiser over them. ``fit``
+        calls it on its first batch; parameters that appear after training started are an
+        error (the optimiser could not see them)."""
+        args = as_args(batch)
+        self.pair.setup(*args)
+        found = [id(p) for p in self.pair.parameters()]
+        if self._stepper is not None and found != self._stepped_parameters:
+            if self._stepper_has_stepped():
+                raise RuntimeError("the model or guide created parameters after training "
+                                   "started; create them on the first call (pyrovae finds "
+                                   "them then) or in the module's constructor")
+            self._stepper = None
+        if self._stepper is None:
+            self._build_stepper()
+
+    def _stepper_has_stepped(self) -> bool:
+        if isinstance(self._stepper, FastStepper):
+            return bool(self._stepper.optimizer.state)
+        return bool(self._stepper.optimizer.optim_objs)
 
     def fit(
         self,
-        train_x: torch.Tensor,
+        train_x: Batch,
         epochs: int,
         batch_size: int = 128,
-        test_x: torch.Tensor | None = None,
+        test_x: Batch | None = None,
         dynamic_binarize: bool = False,
         callbacks: Sequence[Callback] = (),
         progress: bool | None = None,
@@ -155,7 +227,8 @@ class Trainer:
         """Train until ``self.epoch == epochs`` (so a restored trainer continues where it was).
 
         Args:
-            train_x: ``(N, *data_shape)`` on the model's device (this rank's shard).
+            train_x: ``(N, *data_shape)`` on the model's device (this rank's shard), or a
+                tuple of such tensors (the model's arguments, the data first).
             epochs: total number of epochs to reach.
             batch_size: mini-batch size (of this rank); the last partial batch of each epoch
                 is dropped.
@@ -182,7 +255,8 @@ class Trainer:
         if test_x is not None:
             self.check_data(test_x, "test_x")
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
-        self._choose_graph(train_x[:batch_size])
+        self.prepare(take(train_x, slice(0, batch_size)))
+        self._choose_graph(take(train_x, slice(0, batch_size)))
         callbacks = list(callbacks) + ([ProgressBar(progress)] if progress is not False else [])
         try:
             for callback in callbacks:
@@ -192,7 +266,7 @@ class Trainer:
                 for callback in callbacks:
                     callback.on_epoch_end(self, metrics)
                 if self.distributed.enabled:  # every rank stops after the same epoch
-                    flag = torch.tensor([float(self.stop_requested)], device=train_x.device)
+                    flag = torch.tensor([float(self.stop_requested)], device=self.device)
                     self.stop_requested = bool(all_reduce(flag, self.distributed, "max").item())
                 if self.stop_requested:
                     logger.warning("stopping after epoch %d, as asked", self.epoch)
@@ -206,8 +280,7 @@ class Trainer:
                 callback.on_fit_end(self)
         return self.history
 
-    def _epoch(self, batches: DeviceBatches, batch_size: int,
-               test_x: torch.Tensor | None) -> dict:
+    def _epoch(self, batches: DeviceBatches, batch_size: int, test_x: Batch | None) -> dict:
         """Train one epoch, record it in ``history`` and return its metrics (host values)."""
         beta = self.beta_at(self.epoch + 1)
         if self.estimator.kl_weight is not None:
@@ -242,24 +315,47 @@ class Trainer:
     def set_lr(self, lr: float) -> None:
         """Train the next steps with learning rate ``lr`` (> 0), e.g. from a schedule."""
         check_lr(lr)
-        self.stepper.set_lr(float(lr))
+        self._stepper_options["lr"] = float(lr)
+        if self._stepper is not None:
+            self._stepper.set_lr(float(lr))
 
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """``TypeError``/``ValueError`` unless ``x`` fits the model: finite images of the
-        model's shape, dtype and device (a one-off check, outside the training step)."""
-        check_images(x, what)
-        param = next(self.vae.parameters())
-        if x.dtype != param.dtype:
+    def check_data(self, data: Batch, what: str = "data") -> None:
+        """``TypeError``/``ValueError`` unless ``data`` fits the model (a one-off check,
+        outside the training step): non-empty tensors with equal dim 0, on the model's
+        device; the data (the first tensor) finite, of the parameters' dtype when floating,
+        and of the model's ``data_shape`` when it declares one (then images ``(N, C, H, W)``)."""
+        args = as_args(data)
+        if not args or not all(isinstance(t, torch.Tensor) for t in args):
+            raise TypeError(f"{what} must be a tensor or a tuple of tensors, got "
+                            f"{type(data).__name__}")
+        x = args[0]
+        if self.data_shape is not None and len(self.data_shape) == 3:
+            check_images(x, what)
+        else:
+            check_tensor_data(x, what)
+        if any(t.dim() == 0 or len(t) != len(x) for t in args):
+            raise ValueError(f"{what}: every tensor needs the data along dim 0, got shapes "
+                             f"{[tuple(t.shape) for t in args]}")
+        param = next(iter(self.pair.parameters()), None)
+        if param is not None and x.is_floating_point() and x.dtype != param.dtype:
             raise TypeError(f"{what} has dtype {x.dtype}, the model {param.dtype}; convert "
                             f"with .to({param.dtype})")
-        if tuple(x.shape[1:]) != self.vae.data_shape:
-            raise ValueError(f"{what} images have shape {tuple(x.shape[1:])}, the model "
-                             f"expects {self.vae.data_shape}")
-        if x.device != param.device:
-            raise ValueError(f"{what} is on {x.device}, the model on {param.device}; move "
-                             "the data once with .to(device)")
+        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"{what} has data of shape {tuple(x.shape[1:])}, the model "
+                             f"expects {self.data_shape}")
+        device = param.device if param is not None else self.device
+        for t in args:
+            if t.device != device:
+                raise ValueError(f"{what} is on {t.device}, the model on {device}; move "
+                                 "the data once with .to(device)")
 
-    def _choose_graph(self, x: torch.Tensor) -> None:
+    @property
+    def device(self) -> torch.device:
+        """Where the pair's parameters live (the CPU before any exist)."""
+        param = next(iter(self.pair.parameters()), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def _choose_graph(self, x: tuple[torch.Tensor, ...]) -> None:
         """Turn on CUDA-graph mode when ``compile`` asks for it and the step allows it."""
         if self.compile == "none" or self.stepper.use_graph:
             return
@@ -270,7 +366,7 @@ class Trainer:
             ok, reason = False, ("DDP training: the step is not captured (DDP's gradient "
                                  "all-reduce runs outside the graph here)")
         else:
-            ok, reason = graph_capturable(self.vae, self.estimator, x, self.stepper.device)
+            ok, reason = graph_capturable(self.pair, self.estimator, x, self.stepper.device)
         if not ok and self.compile == "graph":
             raise ValueError(f"compile='graph' is not possible here: {reason}")
         self.stepper.use_graph = ok
@@ -282,30 +378,45 @@ class Trainer:
             return self.beta
         return self.beta * min(1.0, (epoch - 1) / self.kl_warmup)
 
-    def evaluate(self, x: torch.Tensor, batch_size: int = 1000) -> float:
+    def evaluate(self, x: Batch, batch_size: int = 1000) -> float:
         """The estimator's unweighted bound (beta = 1) of ``x``, nats per datum, drawn from a
         forked RNG (training is unaffected); with several ranks, ``x`` is this rank's shard
         and the result the mean over all ranks' data."""
-        with forked_rng(x):
-            mean = evaluate_elbo(self.vae, x, batch_size, self.estimator)
-        return reduce_mean(mean, len(x), self.distributed, x.device)
+        if not self.pair.is_set_up:
+            self.pair.setup(*take(x, slice(0, 1)))
+        with forked_rng(as_args(x)[0]):
+            mean = evaluate_elbo(self.pair, x, batch_size, self.estimator)
+        return reduce_mean(mean, num_data(x), self.distributed, as_args(x)[0].device)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""
+        if self._stepper is None and self._pending_state is not None:
+            model, optimizer = self._pending_state["model"], self._pending_state["optimizer"]
+        else:
+            model, optimizer = self.pair.state_dict(), self.stepper.state_dict()
         return {
-            "model": self.vae.state_dict(),
-            "optimizer": self.stepper.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "rng": rng_state(),
             "epoch": self.epoch,
             "history": list(self.history),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.vae.load_state_dict(state["model"])
-        self.stepper.load_state_dict(state["optimizer"])
+        """Restore :meth:`state_dict`. For a pair whose parameters appear on its first call,
+        the model and optimiser states wait for :meth:`prepare` (the first batch of ``fit``);
+        the RNG state, epoch and history are restored at once."""
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
+        if self._stepper is None and not self._parameters_known():
+            self._pending_state = {"model": state["model"], "optimizer": state["optimizer"]}
+            return
+        self._load_model_and_optimizer(state)
+
+    def _load_model_and_optimizer(self, state: dict) -> None:
+        self.pair.load_state_dict(state["model"])
+        self.stepper.load_state_dict(state["optimizer"])
 
 
 def check_lr(lr) -> None:
