@@ -14,7 +14,7 @@ gradients of the two ELBOs with respect to every parameter.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -23,8 +23,8 @@ import torch
 from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import build_estimator
-from pyrovae.inference.kl import closed_form_kl
-from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.kl import closed_form_kl, site_kl_differences
+from pyrovae.inference.pair import Batch, ModelGuidePair, as_args, num_data
 from pyrovae.inference.statistics import (
     Moments,
     grouped_gradients,
@@ -56,6 +56,9 @@ class SharedDraws:
 
     Attributes:
         values: per estimator, its ELBO (summed over the batch, nats) on each draw, ``(N,)``.
+        site_diffs: per latent site (in both traces), on each draw, ``(N,)``, its term of
+            ``trace`` minus its term of ``analytic``: log P(z) - log Q(z) + D[Q || P]
+            (summed over the batch, averaged over the particles; 0 in expectation).
         grads: per estimator and parameter group, :class:`Moments` of the ELBO's gradient
             (the group's parameters flattened and concatenated).
         grad_diffs: per estimator after the first, per group, :class:`Moments` of its
@@ -65,25 +68,34 @@ class SharedDraws:
     values: dict[str, torch.Tensor]
     grads: dict[str, dict[str, Moments]]
     grad_diffs: dict[str, dict[str, Moments]]
+    site_diffs: dict[str, torch.Tensor]
 
 
-def shared_draws(vae: ModelGuidePair, x: torch.Tensor, names=("analytic", "trace"),
+def shared_draws(vae: ModelGuidePair, x: Batch, names=("analytic", "trace"),
                  draws: int = 200, particles: int = 1) -> SharedDraws:
-    """Score the estimators ``names`` on ``draws`` shared draws of the guide for batch ``x``.
+    """Score the estimators ``names`` on ``draws`` shared draws of the guide for batch ``x``
+    (a tensor, or a tuple of the model's tensor arguments).
 
     Each draw is one estimate with ``particles`` particles (the first estimator's traces),
     so each estimator's per-draw spread is that of the estimator as used in training.
     """
+    args = as_args(x)
     estimators = {name: build_estimator(name, particles) for name in names}
     groups = parameter_groups(vae)
     values = {name: [] for name in names}
     grads = {name: {group: Moments() for group in groups} for name in names}
     diffs = {name: {group: Moments() for group in groups} for name in names[1:]}
+    sites: dict[str, list[torch.Tensor]] = {}
     for _ in range(draws):
         losses = dict.fromkeys(names, 0.0)
-        for model_trace, guide_trace in estimators[names[0]].traces(vae.model, vae.guide, x):
+        per_site: dict[str, torch.Tensor] = {}
+        for model_trace, guide_trace in estimators[names[0]].traces(vae.model, vae.guide, *args):
             for name, estimator in estimators.items():
                 losses[name] = losses[name] + estimator.particle_loss(model_trace, guide_trace)
+            for site, value in site_kl_differences(model_trace, guide_trace).items():
+                per_site[site] = per_site.get(site, 0.0) + value.detach() / particles
+        for site, value in per_site.items():
+            sites.setdefault(site, []).append(value)
         flat = {}
         for i, name in enumerate(names):
             values[name].append(-losses[name].detach())
@@ -94,7 +106,8 @@ def shared_draws(vae: ModelGuidePair, x: torch.Tensor, names=("analytic", "trace
         for name in names[1:]:
             for group in groups:
                 diffs[name][group].add(flat[name][group].double() - flat[names[0]][group])
-    return SharedDraws({k: torch.stack(v).double() for k, v in values.items()}, grads, diffs)
+    return SharedDraws({k: torch.stack(v).double() for k, v in values.items()}, grads, diffs,
+                       {k: torch.stack(v).double() for k, v in sites.items()})
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -104,32 +117,40 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
-def check_kl(vae: ModelGuidePair, x: torch.Tensor, draws: int = 200, particles: int = 1,
+def check_kl(vae: ModelGuidePair, x: Batch, draws: int = 200, particles: int = 1,
              alpha: float = 1e-3) -> dict:
     """Compare ``analytic`` with ``trace`` on the batch ``x`` (see :data:`RULE`); a report.
 
-    The model is copied and evaluated in float64. Returns a JSON-ready dict: ``value``
-    (mean, s.e., per-draw sd of each ELBO in nats per datum; the paired difference and its
-    z), ``gradients`` (per parameter group: elements, relative error and cosine of the mean
-    gradients, max |z|, per-draw sd ratio), the limits, and ``agree``.
+    The pair is evaluated in float64 (converted in place, with float64 as torch's default
+    dtype so tensors the model makes match, and converted back at the end). Returns a
+    JSON-ready dict: ``value`` (mean, s.e., per-draw sd of each ELBO in nats per datum; the
+    paired difference and its z), ``sites`` (per latent site: how its KL is computed, and
+    its own paired difference), ``gradients`` (per parameter group: elements, relative
+    error and cosine of the mean gradients, max |z|, per-draw sd ratio), the limits, and
+    ``agree``.
     """
     check_int(draws, "draws", minimum=MIN_DRAWS)
     if not (isinstance(alpha, float) and 0 < alpha < 1):
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
-    vae = copy.deepcopy(vae).to(torch.float64)
-    kl = kl_method(vae, x.to(torch.float64))
-    result = shared_draws(vae, x.to(torch.float64), ("analytic", "trace"), draws, particles)
-    batch = len(x)
+    args = tuple(t.double() if t.is_floating_point() else t for t in as_args(x))
+    with float64(vae):
+        methods = site_kl_methods(vae, args)
+        result = shared_draws(vae, args, ("analytic", "trace"), draws, particles)
+    batch = num_data(args)
     analytic, trace = (result.values[k] / batch for k in ("analytic", "trace"))
     diff = trace - analytic
-    se_diff = float(diff.std()) / math.sqrt(draws)
-    z_value = float(z_scores(diff.mean(), torch.tensor(se_diff)))
-    value_limit = student_t_quantile(alpha / 2, draws - 1)
+    z_value, value_limit = _paired_z(diff), student_t_quantile(alpha / 2, draws - 1)
     value = {name: {"mean": float(v.mean()), "se": float(v.std()) / math.sqrt(draws),
                     "sd": float(v.std())} for name, v in (("analytic", analytic),
                                                           ("trace", trace))}
-    value["difference"] = {"mean": float(diff.mean()), "se": se_diff, "z": z_value}
+    value["difference"] = {"mean": float(diff.mean()), "se": float(diff.std()) /
+                           math.sqrt(draws), "z": z_value}
     value["sd_ratio"] = float(trace.std() / analytic.std())
+    sites = {}
+    for name, method in methods.items():
+        d = result.site_diffs[name] / batch
+        sites[name] = {"kl": method, "mean": float(d.mean()),
+                       "se": float(d.std()) / math.sqrt(draws), "z": _paired_z(d)}
     gradients = {}
     for group, diff_moments in result.grad_diffs["trace"].items():
         mean_t, mean_a = result.grads["trace"][group].mean, result.grads["analytic"][group].mean
@@ -145,36 +166,76 @@ def check_kl(vae: ModelGuidePair, x: torch.Tensor, draws: int = 200, particles: 
     gradient_limit = student_t_quantile(alpha / (2 * elements), draws - 1)
     value_ok = abs(z_value) <= value_limit
     gradients_ok = all(g["max_abs_z"] <= gradient_limit for g in gradients.values())
-    return {"kl": kl, "batch_size": batch, "draws": draws, "particles": particles,
-            "alpha": alpha,
-            "dtype": "float64", "units": "nats per datum", "value": value,
+    return {"kl": summarise_methods(methods), "batch_size": batch, "draws": draws,
+            "particles": particles, "alpha": alpha,
+            "dtype": "float64", "units": "nats per datum", "value": value, "sites": sites,
             "value_limit": value_limit, "value_ok": value_ok, "gradients": gradients,
             "gradient_limit": gradient_limit, "gradients_ok": gradients_ok,
             "agree": value_ok and gradients_ok}
 
 
-def kl_method(vae: ModelGuidePair, x: torch.Tensor) -> str:
-    """How the analytic ELBO gets D[Q || P] of the pair's latent sites: ``"closed form"``, or
-    Monte Carlo when no closed form is registered for a site's pair of distributions (then
-    that site's analytic and trace terms coincide draw by draw, and the check says nothing
-    about it). Read from one trace of ``vae.guide`` and ``vae.model`` on ``x``, drawn from a
-    forked RNG (the caller's stream does not move)."""
+def _paired_z(d: torch.Tensor) -> float:
+    """mean(d) / (sd(d) / sqrt(N)), 0 for a difference that is 0 on every draw."""
+    se = d.std() / math.sqrt(len(d))
+    return float(z_scores(d.mean(), se))
+
+
+@contextlib.contextmanager
+def float64(pair):
+    """The pair's parameters and buffers in float64 (in place, so Pyro's parameter store,
+    which shares the tensors, sees it), and float64 as the default dtype; as before after."""
+    dtypes = {p.dtype for p in pair.parameters()}
+    if len(dtypes) > 1:
+        raise ValueError(f"the pair's parameters mix dtypes {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop() if dtypes else torch.get_default_dtype()
+    default = torch.get_default_dtype()
+    pair.to(torch.float64)
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+        pair.to(dtype)
+
+
+def site_kl_methods(vae: ModelGuidePair, x: Batch) -> dict[str, str]:
+    """How the analytic ELBO gets D[Q || P] at each latent site of the pair (those in both
+    the guide and the model): ``"closed form"`` (torch's KL registry has the pair of
+    distributions), or ``"Monte Carlo (no closed form for Q || P)"`` (then that site's
+    analytic and trace terms coincide draw by draw, and the check says nothing about it).
+    Read from one trace of ``vae.guide`` and ``vae.model`` on ``x``, drawn from a forked RNG
+    (the caller's stream does not move)."""
+    args = as_args(x)
     estimator = build_estimator("trace")
-    with torch.no_grad(), forked_rng(x):
-        [(model_trace, guide_trace)] = estimator.traces(vae.model, vae.guide, x)
-    missing = []
+    with torch.no_grad(), forked_rng(args[0]):
+        [(model_trace, guide_trace)] = estimator.traces(vae.model, vae.guide, *args)
+    methods = {}
     for name, site in guide_trace.nodes.items():
         prior = model_trace.nodes.get(name)
         if site["type"] != "sample" or prior is None or prior["is_observed"]:
             continue
         try:
             closed_form_kl(site["fn"], prior["fn"])
+            methods[name] = "closed form"
         except NotImplementedError:
-            missing.append(f"{type(site['fn']).__name__} || {type(prior['fn']).__name__}")
-    if missing:
-        return (f"Monte Carlo (no closed form for {', '.join(missing)}; analytic = trace on "
-                f"every draw)")
-    return "closed form"
+            methods[name] = (f"Monte Carlo (no closed form for {type(site['fn']).__name__} "
+                             f"|| {type(prior['fn']).__name__})")
+    return methods
+
+
+def summarise_methods(methods: dict[str, str]) -> str:
+    """One line for every site: ``"closed form"``, or the Monte-Carlo sites and why."""
+    monte_carlo = {n: m for n, m in methods.items() if m != "closed form"}
+    if not monte_carlo:
+        return "closed form"
+    reasons = "; ".join(f"{n}: {m[len('Monte Carlo ('):-1]}" for n, m in monte_carlo.items())
+    return f"Monte Carlo ({reasons}; analytic = trace on every draw there)"
+
+
+def kl_method(vae: ModelGuidePair, x: Batch) -> str:
+    """:func:`summarise_methods` of :func:`site_kl_methods`: ``"closed form"`` when every
+    latent site has one, else ``"Monte Carlo (...)"`` naming the sites that do not."""
+    return summarise_methods(site_kl_methods(vae, x))
 
 
 def format_report(report: dict) -> str:
@@ -194,7 +255,15 @@ def format_report(report: dict) -> str:
     lines += [f"{'trace - analytic':<24}{d['mean']:>14.4f}{d['se']:>12.4f}"
               f"    z = {d['z']:+.2f}  (limit |z| <= {report['value_limit']:.2f})",
               f"sd per draw, trace / analytic: {v['sd_ratio']:.3f}",
-              "",
+              ""]
+    if report.get("sites"):
+        lines.append(f"{'latent site':<16}{'KL term':<40}{'trace - analytic':>18}{'s.e.':>10}"
+                     f"{'z':>8}")
+        for name, site in report["sites"].items():
+            lines.append(f"{name:<16}{site['kl'].split(' (')[0]:<40}{site['mean']:>18.4f}"
+                         f"{site['se']:>10.4f}{site['z']:>+8.2f}")
+        lines.append("")
+    lines += [
               f"{'gradient of the ELBO':<22}{'elements':>10}{'rel. error':>12}{'cosine':>11}"
               f"{'max |z|':>9}{'sd trace/analytic':>19}"]
     for group, g in report["gradients"].items():

@@ -7,7 +7,9 @@ trained model. Per estimator (one row):
 - ``bound``: mean over the R repeats of the estimate, nats per datum (the unweighted bound:
   the ELBO for KL estimators, L_alpha,K for the importance-weighted ones); ``bound_sd``: its
   standard deviation across repeats (the Monte-Carlo noise of one estimate on this batch);
-- for each parameter group g (``encoder``, ``decoder``, and a learnable prior's or guide's):
+- for each parameter group g (:func:`~pyrovae.inference.statistics.parameter_groups`: the
+  module's parts, ``encoder``, ``decoder``, a learnable prior's or guide's; for a user's
+  pair its ``pyro.module`` names, else ``guide`` and ``model``):
   ``g_grad_var`` = mean over the group's elements j of Var_R[d bound / d theta_j], and
   ``g_snr`` = mean over j of |E_R[d bound / d theta_j]| / sd_R[d bound / d theta_j]
   (Rainforth et al., 2018; elements whose gradient never varies are left out);
@@ -31,6 +33,7 @@ import torch
 
 from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
+from pyrovae.inference.pair import Batch, as_args, num_data
 from pyrovae.inference.statistics import Moments, grouped_gradients, parameter_groups
 
 IMPORTANCE_PARTICLES = (5, 50)  # default K of the importance-weighted estimators
@@ -76,7 +79,7 @@ def default_specs() -> list[EstimatorSpec]:
     return specs
 
 
-def gradient_moments(vae, x: torch.Tensor, estimator: Estimator, repeats: int
+def gradient_moments(vae, x: Batch, estimator: Estimator, repeats: int
                      ) -> tuple[list[float], dict[str, Moments], list[float]]:
     """R estimates on batch ``x``: the bounds (nats per datum), the :class:`Moments` of the
     gradient of the per-datum bound for each parameter group, and the seconds per pass."""
@@ -85,7 +88,7 @@ def gradient_moments(vae, x: torch.Tensor, estimator: Estimator, repeats: int
     bounds, seconds = [], []
     for repeat in range(repeats + 1):  # the first pass warms up and is not counted
         start = time.perf_counter()
-        loss = estimator.differentiable_loss(vae.model, vae.guide, x) / len(x)
+        loss = estimator.differentiable_loss(vae.model, vae.guide, *as_args(x)) / num_data(x)
         flat = grouped_gradients(-loss, groups)
         elapsed = time.perf_counter() - start
         if repeat == 0:
@@ -97,9 +100,10 @@ def gradient_moments(vae, x: torch.Tensor, estimator: Estimator, repeats: int
     return bounds, moments, seconds
 
 
-def compare_estimators(vae, x: torch.Tensor, specs: list[EstimatorSpec] | None = None,
+def compare_estimators(vae, x: Batch, specs: list[EstimatorSpec] | None = None,
                        repeats: int = 50, alpha: float = 0.5) -> list[dict]:
-    """One row per spec (see the module docstring), on batch ``x`` (``(B, *data_shape)``)."""
+    """One row per spec (see the module docstring), on batch ``x`` (``(B, *data_shape)``, or
+    a tuple of the model's tensor arguments)."""
     check_int(repeats, "repeats", minimum=2)
     estimators = [(spec, spec.build(alpha)) for spec in specs or default_specs()]
     rows = []
@@ -121,15 +125,19 @@ def compare_estimators(vae, x: torch.Tensor, specs: list[EstimatorSpec] | None =
 
 
 AXIS_COLUMNS = [f.name for f in dataclasses.fields(EstimatorAxes)]
-MEASURED = [("bound", "{:.3f}"), ("bound_sd", "{:.3f}"), ("encoder_grad_var", "{:.3g}"),
-            ("encoder_snr", "{:.3f}"), ("decoder_grad_var", "{:.3g}"), ("decoder_snr", "{:.3f}"),
-            ("ms_per_step", "{:.1f}")]
+GROUP_COLUMNS = (("_grad_var", "{:.3g}"), ("_snr", "{:.3f}"))  # per parameter group
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table: the estimator, its axes, then the measured columns."""
-    columns = ["estimator", *AXIS_COLUMNS, *(name for name, _ in MEASURED)]
-    formats = dict(MEASURED)
+    """A plain-text table: the estimator, its axes, then the measured columns (the bound,
+    each parameter group's gradient variance and SNR, the time per step)."""
+    groups = list(dict.fromkeys(key[:-len("_snr")] for row in rows for key in row
+                                if key.endswith("_snr")))
+    measured = [("bound", "{:.3f}"), ("bound_sd", "{:.3f}"),
+                *((group + suffix, fmt) for group in groups for suffix, fmt in GROUP_COLUMNS),
+                ("ms_per_step", "{:.1f}")]
+    columns = ["estimator", *AXIS_COLUMNS, *(name for name, _ in measured)]
+    formats = dict(measured)
     cells = [[formats.get(c, "{}").format(row.get(c, math.nan)) for c in columns]
              for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]

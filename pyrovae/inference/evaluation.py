@@ -73,7 +73,7 @@ def evaluate_elbo(vae: ModelGuidePair, x: Batch, batch_size: int = 1000,
     n = num_data(x)
     if n == 0:
         raise ValueError("cannot evaluate the ELBO of an empty data set")
-    total = torch.zeros((), device=as_args(x)[0].device)
+    total = torch.zeros((), dtype=torch.float64, device=as_args(x)[0].device)
     for start in range(0, n, batch_size):
         batch = take(x, slice(start, start + batch_size))
         total -= estimator.differentiable_loss(vae.model, vae.guide, *batch).detach()
