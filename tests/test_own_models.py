@@ -56,7 +56,7 @@ def tutorial(pixels=16):
 def test_a_pair_of_functions_finds_its_lazy_parameters_and_trains(pca_data):
     trainer = Trainer(model=pca_model, guide=pca_guide, lr=1e-2)
     with pytest.raises(RuntimeError, match="parameters are not known yet"):
-        trainer.stepper
+        _ = trainer.stepper
     history = trainer.fit(pca_data, epochs=3, batch_size=10, progress=False)
     assert all(math.isfinite(m["train_elbo"]) for m in history)
     names = set(trainer.pair.state_dict())

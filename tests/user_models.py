@@ -169,3 +169,33 @@ class TwoSiteVAE(nn.Module):
             hy = torch.cat([h.expand(*y.shape[:-1], h.shape[-1]), y], -1)
             scale = nn.functional.softplus(net["style_scale"](hy)) + 1e-3
             pyro.sample("style", dist.Normal(net["style_loc"](hy), scale).to_event(1))
+
+
+def flat_pca():
+    """The linear-Gaussian functions on images, flattened: a ``(model, guide)`` factory for
+    ``--model tests/user_models.py:flat_pca``."""
+
+    def model(x):
+        pca_model(x.reshape(len(x), -1))
+
+    def guide(x):
+        pca_guide(x.reshape(len(x), -1))
+
+    return model, guide
+
+
+class _NoMean(dist.Normal):
+    @property
+    def mean(self):
+        raise NotImplementedError
+
+
+class NoMeanVAE(TutorialVAE):
+    """The tutorial VAE with a data distribution that has no mean: it cannot generate."""
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            pyro.sample("obs", _NoMean(self.decoder(z), 0.3).to_event(1),
+                        obs=x.reshape(-1, self.pixels))

@@ -39,12 +39,28 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
             continue
+        if typing.get_origin(kind) is dict:
+            parser.add_argument(flag, type=_key_value, nargs="+", default=None,
+                                help=help_text, metavar="KEY=VALUE")
+            continue
         element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
         element = next((t for t in typing.get_args(element) if t is not type(None)), element)
         base = element if element in (int, float) else str
         extra = {"nargs": "+"} if typing.get_origin(kind) is list else {}
         parser.add_argument(flag, type=base, default=None, help=help_text,
                             metavar=name.upper(), **extra)
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (KEY, VALUE read as JSON, else the string itself)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a Python name, got "
+                                         f"{text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +169,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object")
         values = migrate(values)
-    values.update({k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not None})
+    given = {k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not None}
+    if "model_options" in given:  # KEY=VALUE pairs, added to the --config file's
+        given["model_options"] = {**values.get("model_options", {}),
+                                  **dict(given["model_options"])}
+    values.update(given)
     return TrainConfig.from_dict(values)
 
 

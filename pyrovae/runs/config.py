@@ -21,7 +21,7 @@ from pyrovae.components.validation import check_bool, check_int, check_one_of, c
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, build_estimator
 from pyrovae.inference.importance import check_alpha
 from pyrovae.models.conditioning import CONDITIONS
-from pyrovae.runs.job import JOBS
+from pyrovae.runs.job import JOBS, USER_MODEL, is_user_model, job_class
 from pyrovae.runs.plugins import load_plugins
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
@@ -37,8 +37,8 @@ def migrate(values: dict[str, Any]) -> dict[str, Any]:
     same estimator as ``analytic``) take today's names. Returns a new dict."""
     values = dict(values)
     kind = values.get("model", CONFIG_DEFAULTS["model"])
-    if kind in JOBS:
-        values = JOBS.get(kind).migrate_config(values)
+    if is_user_model(kind) or kind in JOBS:
+        values = job_class(kind).migrate_config(values)
     for name in REMOVED_FIELDS:
         values.pop(name, None)
     for name, renamed in RENAMED_VALUES.items():
@@ -49,8 +49,8 @@ def migrate(values: dict[str, Any]) -> dict[str, Any]:
 
 def _f(default, help: str, **extra):
     """A dataclass field with CLI help text (and optional ``choices``) in its metadata."""
-    kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) \
-        else {"default": default}
+    kwargs = {"default_factory": lambda: type(default)(default)} \
+        if isinstance(default, (list, dict)) else {"default": default}
     return field(metadata={"help": help, **extra}, **kwargs)
 
 
@@ -107,9 +107,14 @@ class TrainConfig:
                              "a collective before it fails (a dead rank stops the rest)")
     plugin: list[str] = _f([], "modules (names or .py paths) to import first: they register "
                            "their own priors, likelihoods, guides (see pyrovae.runs.plugins)")
-    model: str = _f("vae", "the model kind: vae (P(X) with a latent) or cvae (the "
-                    "conditional VAE P(Y|X) of --condition, with its deterministic baseline)",
-                    choices=lambda: JOBS.names())
+    model: str = _f("vae", "the model kind: vae (P(X) with a latent), cvae (the "
+                    "conditional VAE P(Y|X) of --condition, with its deterministic baseline), "
+                    "or MODULE:FACTORY, your own Pyro model: a class or function of a module "
+                    "(or .py file) returning an object with model and guide methods (see "
+                    "pyrovae.runs.user_job)", choices=lambda: JOBS.names())
+    model_options: dict[str, Any] = _f({}, "for --model MODULE:FACTORY: keyword arguments "
+                                       "of the factory, as KEY=VALUE (VALUE read as JSON, "
+                                       "else a string), e.g. z_dim=50 hidden_dim=400")
     condition: str | None = _f(None, "cvae task: quadrant (X one quadrant, Y the other "
                                "three), half (X the left half), label (X the one-hot class, "
                                "Y the image)", choices=CONDITIONS.names, kind="cvae")
@@ -140,7 +145,18 @@ class TrainConfig:
     def _validate_model(self) -> None:
         """``model`` and the fields that belong to one kind (metadata ``kind``): such a field
         is set only for its kind, and is required there; then the kind's own checks."""
-        check_one_of(self.model, "model", JOBS.names())
+        if not isinstance(self.model, str) or \
+                (not is_user_model(self.model) and self.model not in JOBS):
+            kinds = ", ".join(n for n in JOBS.names() if n != USER_MODEL)
+            raise ValueError(f"model must be one of {kinds}, or {USER_MODEL} (your own Pyro "
+                             f"model); got {self.model!r}")
+        if not isinstance(self.model_options, dict) or \
+                not all(isinstance(k, str) for k in self.model_options):
+            raise ValueError(f"model_options must be a mapping of option names to values, "
+                             f"got {self.model_options!r}")
+        if self.model_options and not is_user_model(self.model):
+            raise ValueError(f"model_options {self.model_options!r} need --model "
+                             f"{USER_MODEL} (pyrovae's own kinds take their flags)")
         for name, f in CONFIG_FIELDS.items():
             kind = f.metadata.get("kind")
             if kind is None:
@@ -152,7 +168,7 @@ class TrainConfig:
             elif value not in _choices(name):
                 raise ValueError(f"model {kind!r} needs {name}: one of "
                                  f"{', '.join(_choices(name))}; got {value!r}")
-        JOBS.get(self.model).check_config(self)
+        job_class(self.model).check_config(self)
 
     def build_estimator(self) -> Estimator:
         """The estimator ``elbo`` with ``particles``, ``alpha`` and ``score_function``."""

@@ -86,7 +86,7 @@ def load_cvae_run(run_dir: str | Path, device: str = "cpu") -> CVAERun:
 def load_cvae_data(run: CVAERun) -> Dataset:
     """The run's data set, binarised as in training, on the run's device."""
     data = CVAEJob(run.config).load_data()
-    return prepare_data(run.config, PackedCVAE(run.cvae), data, run.device)
+    return prepare_data(run.config, data, run.device, run.cvae.likelihood.check)
 
 
 @JOBS.register("cvae")
@@ -104,7 +104,7 @@ class CVAEJob(Job):
         self.condition = build_condition(config.condition, data.image_shape)
         self.cvae = build_cvae(config, self.condition).to(self.device)
         self.module = PackedCVAE(self.cvae)
-        self.data = prepare_data(config, self.module, data, self.device)
+        self.data = prepare_data(config, data, self.device, self.module.likelihood.check)
         self.train_x = pack(*self.condition.split(self.data.train_x, self.data.train_y))
         self.test_x = pack(*self.condition.split(self.data.test_x, self.data.test_y))
 

@@ -53,8 +53,7 @@ def run_check_kl(run_dir: str | Path | None = None, batch_size: int | None = Non
         size = config.batch_size if batch_size is None else batch_size
         _check_batch_size(size, len(test_x))
         x = test_x[:size]
-        model = (f"run {run_dir} ({config.dataset}, {config.likelihood}, z_dim "
-                 f"{config.z_dim}, hidden {config.hidden}), first {size} test images")
+        model = f"run {run_dir} ({config.dataset}, {job.summary()}), first {size} test images"
     report = check_kl(vae, x, draws, config.particles, alpha)
     return {"model": model, "seed": seed, "estimator": config.elbo, "device": str(resolved),
             **report}

@@ -7,10 +7,11 @@ evaluated and sampled, and how it is loaded back from a run folder. :func:`pyrov
 on the kind; a new kind is one module with a ``Job`` subclass and one registration (imported
 by :mod:`pyrovae.runs.jobs`).
 
-Contract of a job instance (``job = JOBS.get(config.model)(config, device)``):
+Contract of a job instance (``job = job_class(config.model)(config, device)``):
 
     job.prepare(data)          build the module (on ``device``) and the training/test tensors
     job.module                 the model/guide pair the Trainer steps
+    job.summary()              the model in a few words, for reports
     job.train_x, job.test_x    ``(N, *job.data_shape)`` tensors on ``device``
     job.finish(history, dir)   what is written when training ends (figures, baselines)
     job.upgrade_state(state)   an earlier version's model state_dict in today's keys
@@ -22,6 +23,7 @@ Contract of a job instance (``job = JOBS.get(config.model)(config, device)``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,18 +36,33 @@ if TYPE_CHECKING:  # the config validates its model kind through JOBS
     from pyrovae.runs.config import TrainConfig
 
 JOBS: Registry = Registry("model kind")
+USER_MODEL = "MODULE:FACTORY"  # JOBS's entry for a user's Pyro model (pyrovae.runs.user_job)
 
 
-def prepare_data(config: TrainConfig, module, data: Dataset, device: torch.device) -> Dataset:
-    """Binarise (static) and check ``data`` against ``module.likelihood``; move it to
-    ``device``. The test set is binarised once, with a fixed seed."""
+def is_user_model(model: object) -> bool:
+    """Whether ``model`` names a user's model, ``module:factory`` (or ``file.py:factory``)."""
+    return isinstance(model, str) and ":" in model
+
+
+def job_class(model: str) -> type[Job]:
+    """The job of ``config.model``: a registered kind, or for ``module:factory`` the user-model
+    job registered as :data:`USER_MODEL`; ``ValueError`` naming the kinds otherwise."""
+    return JOBS.get(USER_MODEL if is_user_model(model) else model)
+
+
+def prepare_data(config: TrainConfig, data: Dataset, device: torch.device,
+                 check: Callable[[torch.Tensor], None] | None = None) -> Dataset:
+    """Binarise (static) and ``check`` ``data`` (e.g. a likelihood's support check; the
+    training images as the model sees them); move it to ``device``. The test set is
+    binarised once, with a fixed seed."""
     if config.binarize == "static":
         data.train_x = binarize(data.train_x, "static", seed=config.seed)
     if config.binarize != "none":
         data.test_x = binarize(data.test_x, "static", seed=config.seed + 1)
     # the model sees binary data under dynamic binarisation: check one draw of it
     seen = binarize(data.train_x, "static") if config.binarize == "dynamic" else data.train_x
-    module.likelihood.check(seen)
+    if check is not None:
+        check(seen)
     return data.to(device)
 
 
@@ -78,6 +95,11 @@ class Job:
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
         """``ValueError`` if ``config`` (otherwise valid) does not suit this kind."""
+
+    def summary(self) -> str:
+        """The model in a few words, for reports."""
+        c = self.config
+        return f"{c.model}, {c.likelihood}, z_dim {c.z_dim}, hidden {c.hidden}"
 
     @property
     def data_shape(self) -> tuple[int, ...]:

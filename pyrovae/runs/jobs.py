@@ -1,7 +1,8 @@
 """Every registered model kind, imported in one place, and what uses them by name.
 
-Importing this module registers the ``vae`` (:mod:`pyrovae.runs.vae_job`) and ``cvae``
-(:mod:`pyrovae.runs.cvae_job`) jobs in :data:`~pyrovae.runs.job.JOBS`. :func:`job_for_run`
+Importing this module registers the ``vae`` (:mod:`pyrovae.runs.vae_job`), ``cvae``
+(:mod:`pyrovae.runs.cvae_job`) and user-model (``module:factory``,
+:mod:`pyrovae.runs.user_job`) jobs in :data:`~pyrovae.runs.job.JOBS`. :func:`job_for_run`
 finds the job of a run folder from its ``config.json``; :func:`load_run` loads any kind.
 """
 
@@ -9,15 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyrovae.runs import cvae_job, vae_job  # noqa: F401  (register their kinds)
+from pyrovae.runs import cvae_job, user_job, vae_job  # noqa: F401  (register their kinds)
 from pyrovae.runs.config import TrainConfig, load_config
-from pyrovae.runs.job import JOBS, Job
+from pyrovae.runs.job import Job, job_class
 from pyrovae.training.trainer import resolve_device
 
 
 def job_for(config: TrainConfig, device="cpu") -> Job:
     """The job of ``config.model`` for ``config`` on ``device``."""
-    return JOBS.get(config.model)(config, resolve_device(device))
+    return job_class(config.model)(config, resolve_device(device))
 
 
 def job_for_run(run_dir: str | Path, device="cpu") -> Job:

@@ -56,7 +56,7 @@ class VAEJob(Job):
 
     def prepare(self, data: Dataset) -> None:
         self.module = build_vae(self.config, data.image_shape).to(self.device)
-        self.data = prepare_data(self.config, self.module, data, self.device)
+        self.data = prepare_data(self.config, data, self.device, self.module.likelihood.check)
         self.train_x, self.test_x = self.data.train_x, self.data.test_x
 
     def finish(self, history: list[dict], run_dir: Path) -> None:
@@ -71,7 +71,8 @@ class VAEJob(Job):
 
     def test_pair(self, run_dir: Path) -> tuple[VAE, torch.Tensor]:
         vae = self.load(run_dir)
-        return vae, prepare_data(self.config, vae, self.load_data(), self.device).test_x
+        data = prepare_data(self.config, self.load_data(), self.device, vae.likelihood.check)
+        return vae, data.test_x
 
     def evaluate(self, run_dir: Path, batch_size: int = 1000, nll_samples: int = 0,
                  chunk: int = 500, limit: int | None = None, seed: int = 0,
