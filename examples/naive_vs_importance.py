@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
                                                 likelihood="bernoulli", binarize="static"),
                                     f"{scratch}/digits", progress=False)
         vae, config = load_run(run)
-    data = prepare_data(config, vae, load_dataset(config.dataset, config.data_dir), vae.device)
+    data = prepare_data(config, load_dataset(config.dataset, config.data_dir), vae.device,
+                        vae.likelihood.check)
     x = data.test_x[:args.images]
     pyro.set_rng_seed(args.seed)
     naive = estimates(vae, x, log_grid(args.max_naive, 10), "prior", args.chunk)

@@ -34,10 +34,11 @@ from pyrovae.inference.check_kl import check_kl
 from pyrovae.inference.compare import EstimatorSpec, compare_estimators
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
 from pyrovae.inference.evaluation import LogLikelihood, evaluate_elbo, log_likelihood
+from pyrovae.inference.generation import Generator, prior_means, reconstruction_means
 from pyrovae.inference.handlers import KLWeightMessenger, ScoreFunctionMessenger
 from pyrovae.inference.importance import IWAE, ImportanceWeighted, IWAEDReG, RenyiBound, renyi_bound
 from pyrovae.inference.kl import closed_form_kl, kl_diag_normal, kl_standard_normal
-from pyrovae.inference.pair import ModelGuidePair
+from pyrovae.inference.pair import ModelGuidePair, PyroPair, as_pair
 from pyrovae.inference.trace_elbo import AnalyticELBO, TraceELBO, TraceGraphELBO
 from pyrovae.models.conditioning import CONDITIONS, Condition, build_condition
 from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor
@@ -73,4 +74,5 @@ __all__ = [
     "build_condition", "evaluate_cvae_run", "load_cvae_run",
     "Callback", "ConditionalNormal", "JOBS", "Job", "ModelGuidePair", "ProgressBar",
     "StopOnSigint", "prior_names",
+    "Generator", "PyroPair", "as_pair", "prior_means", "reconstruction_means",
 ]

@@ -42,6 +42,22 @@ def test_speed_benchmark_rows(shared_data_dir, tmp_path, capsys):
     assert "| pyrovae_eager | 256 |" in capsys.readouterr().out
 
 
+def test_own_model_benchmark_trains_pyros_example_both_ways_alike(shared_data_dir, tmp_path,
+                                                                   capsys):
+    if not (shared_data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    own = load_script("own_model")
+    out = tmp_path / "rows.json"
+    rows = own.main(["--data-dir", str(shared_data_dir), "--limit", "512", "--rounds", "2",
+                     "--device", "cpu", "--json", str(out)])
+    assert [r["variant"] for r in rows] == ["pyro_svi", "pyrovae"]
+    assert json.loads(out.read_text()) == rows
+    # the same initial weights, batches and draws: SVI and pyrovae train the same model
+    assert math.isclose(rows[0]["test_elbo"], rows[1]["test_elbo"], rel_tol=1e-3)
+    assert rows[0]["ratio_to_pyro_svi"] == 1.0 and len(rows[1]["all_seconds"]) == 2
+    assert "| pyrovae |" in capsys.readouterr().out
+
+
 def test_speed_benchmark_iwae_arch_is_the_same_model_by_hand(shared_data_dir, capsys):
     if not (shared_data_dir / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")

@@ -30,6 +30,8 @@ EXAMPLES = {
                               "--out", "{tmp}/ce.png"],
     "cvae_mnist.py": ["--dataset", "digits", "--epochs", "1", "--nll-samples", "10",
                       "--out", "{tmp}/cvae"],
+    "bring_your_own_model.py": ["--epochs", "1", "--nll-samples", "10", "--test-limit", "64",
+                                "--draws", "20", "--repeats", "3", "--out", "{tmp}/byo"],
 }
 NEEDS_MNIST = {"mnist_vae.py"}
 
@@ -57,3 +59,15 @@ def test_readme_python_example_runs_as_written(tmp_path):
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test ELBO" in result.stdout and (tmp_path / "samples.png").is_file()
+
+
+def test_readme_own_model_example_runs_as_written(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    own = [b for b in blocks if "Trainer(model=model, guide=guide" in b]
+    assert own, "the README's 'Your own Pyro model' block is missing"
+    result = subprocess.run([sys.executable, "-c", own[0]], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test log P(X)" in result.stdout and "'latent': {'kl': 'closed form'" in \
+        result.stdout

@@ -2,77 +2,41 @@
 
 - :class:`TutorialVAE`: Pyro's ``examples/vae/vae.py`` model as written there (plain
   ``nn.Module`` encoder and decoder, ``pyro.module``, sites ``latent`` and ``obs``), for a
-  given number of pixels;
+  given number of pixels (from ``examples/bring_your_own_model.py``);
 - :func:`pca_model` / :func:`pca_guide`: a linear-Gaussian pair of functions whose
   parameters are ``pyro.param`` statements created on the first call (sites ``code`` and
   ``pixels``, plate ``items``), with exact log p(x) and ELBO (:func:`pca_exact`);
-- :class:`TwoSiteVAE`: two latent sites, a relaxed one-hot class and a Gaussian style.
+- :func:`TwoSiteVAE`: two latent sites, a relaxed one-hot class and a Gaussian style (the
+  example's ``ClassStyleVAE``, small).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 from torch.distributions import constraints
 
 
-class Encoder(nn.Module):
-    def __init__(self, pixels, z_dim, hidden_dim):
-        super().__init__()
-        self.pixels = pixels
-        self.fc1 = nn.Linear(pixels, hidden_dim)
-        self.fc21 = nn.Linear(hidden_dim, z_dim)
-        self.fc22 = nn.Linear(hidden_dim, z_dim)
-        self.softplus = nn.Softplus()
-
-    def forward(self, x):
-        x = x.reshape(-1, self.pixels)
-        hidden = self.softplus(self.fc1(x))
-        return self.fc21(hidden), torch.exp(self.fc22(hidden))
+def _load_example():
+    """examples/bring_your_own_model.py, whose models are written as Pyro users write them."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "bring_your_own_model.py"
+    name = "bring_your_own_model"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-class Decoder(nn.Module):
-    def __init__(self, pixels, z_dim, hidden_dim):
-        super().__init__()
-        self.fc1 = nn.Linear(z_dim, hidden_dim)
-        self.fc21 = nn.Linear(hidden_dim, pixels)
-        self.softplus = nn.Softplus()
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, z):
-        hidden = self.softplus(self.fc1(z))
-        return self.sigmoid(self.fc21(hidden))
-
-
-class TutorialVAE(nn.Module):
-    """Pyro's tutorial VAE (``examples/vae/vae.py``), its pixel count a parameter."""
-
-    def __init__(self, pixels=784, z_dim=50, hidden_dim=400):
-        super().__init__()
-        self.pixels, self.z_dim = pixels, z_dim
-        self.encoder = Encoder(pixels, z_dim, hidden_dim)
-        self.decoder = Decoder(pixels, z_dim, hidden_dim)
-
-    def model(self, x):
-        pyro.module("decoder", self.decoder)
-        with pyro.plate("data", x.shape[0]):
-            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
-            z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
-            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
-            loc_img = self.decoder(z)
-            pyro.sample("obs", dist.Bernoulli(loc_img, validate_args=False).to_event(1),
-                        obs=x.reshape(-1, self.pixels))
-            return loc_img
-
-    def guide(self, x):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self.encoder(x)
-            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+TutorialVAE = _load_example().TutorialVAE      # Pyro's examples/vae model
+ClassStyleVAE = _load_example().ClassStyleVAE  # a class site and a style site
 
 
 K = 2  # latent dimension of the linear-Gaussian pair
@@ -131,44 +95,9 @@ def set_exact_posterior(x_dim: int, dtype=torch.float64):
         store._params["q_scale"].copy_((s / m.sqrt()).log())  # positive: stored as a log
 
 
-class TwoSiteVAE(nn.Module):
-    """A class site (relaxed one-hot, ``classes`` values) and a Gaussian style site."""
-
-    def __init__(self, pixels=16, classes=3, style_dim=2, hidden=16):
-        super().__init__()
-        self.classes, self.style_dim = classes, style_dim
-        self.encoder = nn.ModuleDict({
-            "body": nn.Sequential(nn.Linear(pixels, hidden), nn.Tanh()),
-            "class_logits": nn.Linear(hidden, classes),
-            "style_loc": nn.Linear(hidden + classes, style_dim),
-            "style_scale": nn.Linear(hidden + classes, style_dim)})
-        self.decoder = nn.Sequential(nn.Linear(classes + style_dim, hidden), nn.Tanh(),
-                                     nn.Linear(hidden, pixels))
-        self.register_buffer("temperature", torch.tensor(0.5))
-
-    def model(self, x):
-        pyro.module("decoder", self.decoder)
-        flat = x.reshape(len(x), -1)
-        with pyro.plate("data", len(x)):
-            y = pyro.sample("class", dist.RelaxedOneHotCategorical(
-                self.temperature, logits=flat.new_zeros(self.classes)))
-            style = pyro.sample("style", dist.Normal(flat.new_zeros(self.style_dim), 1.0)
-                                .to_event(1))
-            logits = self.decoder(torch.cat([y, style], -1))
-            pyro.sample("obs", dist.Bernoulli(logits=logits, validate_args=False).to_event(1),
-                        obs=flat)
-
-    def guide(self, x):
-        pyro.module("encoder", self.encoder)
-        net = self.encoder
-        flat = x.reshape(len(x), -1)
-        with pyro.plate("data", len(x)):
-            h = net["body"](flat)
-            y = pyro.sample("class", dist.RelaxedOneHotCategorical(
-                self.temperature, logits=net["class_logits"](h)))
-            hy = torch.cat([h.expand(*y.shape[:-1], h.shape[-1]), y], -1)
-            scale = nn.functional.softplus(net["style_scale"](hy)) + 1e-3
-            pyro.sample("style", dist.Normal(net["style_loc"](hy), scale).to_event(1))
+def TwoSiteVAE():
+    """A small :class:`ClassStyleVAE` for 4x4 images: 3 classes, a 2-d style."""
+    return ClassStyleVAE(16, classes=3, style_dim=2, hidden=16)
 
 
 def flat_pca():

@@ -255,7 +255,8 @@ class Trainer:
         if test_x is not None:
             self.check_data(test_x, "test_x")
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
-        self.prepare(take(train_x, slice(0, batch_size)))
+        if self._stepper is None or not self.pair.is_set_up:  # once: a resumed fit is ready
+            self.prepare(take(train_x, slice(0, batch_size)))
         self._choose_graph(take(train_x, slice(0, batch_size)))
         callbacks = list(callbacks) + ([ProgressBar(progress)] if progress is not False else [])
         try:
