@@ -4,7 +4,8 @@
         python tests/distributed_workers.py SCENARIO OUT_DIR
 
 Scenarios: ``train`` (train the tiny model of :func:`tiny_setup` for EPOCHS epochs and save
-this rank's parameters), ``die`` (rank 1 exits at once) and ``stall`` (rank 1 sleeps, never
+this rank's parameters), ``pyro_param`` (the same for a user's pair of functions whose
+parameters are ``pyro.param`` statements made on the first call), ``die`` (rank 1 exits at once) and ``stall`` (rank 1 sleeps, never
 joining a collective): rank 0 records the error it gets in ``error_rank0.txt``.
 """
 
@@ -46,6 +47,16 @@ def main(scenario: str, out: Path) -> None:
         time.sleep(float(os.environ["TIMEOUT"]) * 4)
         (out / "woke_rank1.txt").write_text("woke")
         os._exit(4)
+    if scenario == "pyro_param":  # a user's pair of functions, lazy pyro.param parameters
+        from tests.user_models import pca_guide, pca_model
+
+        data = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+        trainer = Trainer(model=pca_model, guide=pca_guide, lr=LR, distributed=ctx)
+        trainer.fit(distributed.shard(data, ctx, equal=True), EPOCHS,
+                    distributed.local_batch_size(GLOBAL_BATCH, ctx), progress=False)
+        torch.save(trainer.pair.state_dict(), out / f"rank{ctx.rank}.pt")
+        distributed.shutdown(created)
+        return
     data, vae = tiny_setup()
     shard = distributed.shard(data, ctx, equal=True)
     batch = distributed.local_batch_size(GLOBAL_BATCH, ctx)

@@ -110,6 +110,19 @@ def test_two_ranks_match_one_process_on_the_concatenated_batches(tmp_path):
     assert all(not torch.allclose(p, q) for p, q in zip(initial.parameters(), params))
 
 
+def test_ddp_trains_a_users_pyro_param_pair_in_step_on_every_rank(tmp_path):
+    """The parameters found on the first call are DDP's too: each rank sees other data, so
+    without the all-reduce their parameters would part after the first step."""
+    codes, outputs = run_ranks("pyro_param", tmp_path)
+    assert codes == [0, 0], outputs
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert set(ranks[0]) == {f"pyro.param:{n}" for n in ("W", "b", "noise", "A", "c",
+                                                          "q_scale")}
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), name
+    assert ranks[0]["pyro.param:b"].abs().max() > 1e-3  # trained: b starts at zeros
+
+
 def test_a_dead_rank_stops_the_others_with_an_error_not_a_hang(tmp_path):
     codes, outputs = run_ranks("die", tmp_path, timeout=120, TIMEOUT="10")
     assert codes == [0, 3], outputs  # rank 0 caught an error and recorded it

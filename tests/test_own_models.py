@@ -20,7 +20,7 @@ from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo, log_likelihood
 from pyrovae.inference.pair import PyroPair, as_pair
 from pyrovae.inference.statistics import parameter_groups, student_t_quantile
-from pyrovae.training.steppers import FastStepper
+from pyrovae.training.steppers import FastStepper, graph_capturable
 from pyrovae.training.sync_guard import SyncGuard
 from pyrovae.training.trainer import Trainer
 from tests.user_models import (
@@ -323,3 +323,29 @@ def test_a_pair_with_a_condition_trains_on_tuples_of_tensors(pca_data):
     assert estimate.per_datum.shape == (4,)
     with pytest.raises(ValueError, match="every tensor needs the data along dim 0"):
         trainer.fit((pca_data, y[:3]), epochs=3, batch_size=10, progress=False)
+
+
+def test_the_cuda_graph_check_reads_a_users_guide(tiny_images):
+    """What ``compile="auto"`` decides on CUDA, checked here without one."""
+    x = tiny_images[1][:4]
+    cuda = torch.device("cuda")
+    ok, reason = graph_capturable(as_pair(tutorial()).setup(x), build_estimator("trace"), x,
+                                  cuda)
+    assert ok, reason
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            switch = pyro.sample("switch", dist.Bernoulli(0.5))
+            pyro.sample("obs", dist.Normal(switch[:, None].expand(-1, 16), 1.0).to_event(1),
+                        obs=x.reshape(len(x), -1))
+
+    def guide(x):
+        p = pyro.param("p", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", len(x)):
+            pyro.sample("switch", dist.Bernoulli(p))
+
+    discrete = PyroPair(model, guide).setup(x)
+    ok, reason = graph_capturable(discrete, build_estimator("trace"), x, cuda)
+    assert not ok and "guide site 'switch' is not reparameterised" in reason
+    history = Trainer(discrete, lr=1e-2).fit(x, epochs=2, batch_size=4, progress=False)
+    assert all(math.isfinite(m["train_elbo"]) for m in history)  # score-function gradient
