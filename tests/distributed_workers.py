@@ -5,8 +5,9 @@
 
 Scenarios: ``train`` (train the tiny model of :func:`tiny_setup` for EPOCHS epochs and save
 this rank's parameters), ``pyro_param`` (the same for a user's pair of functions whose
-parameters are ``pyro.param`` statements made on the first call), ``die`` (rank 1 exits at once) and ``stall`` (rank 1 sleeps, never
-joining a collective): rank 0 records the error it gets in ``error_rank0.txt``.
+parameters are ``pyro.param`` statements made on the first call), ``die`` (rank 1 exits at
+once) and ``stall`` (rank 1 sleeps, never joining a collective): rank 0 records the error
+it gets in ``error_rank0.txt``.
 """
 
 from __future__ import annotations
