@@ -8,6 +8,7 @@ import torch
 
 from pyrovae.components.guides import GUIDES
 from pyrovae.components.priors import PRIORS
+from pyrovae.runs.checkpoints import load_checkpoint
 from pyrovae.runs.cli import main
 
 FAST = ["--model", "cvae", "--likelihood", "bernoulli", "--binarize", "static",
@@ -52,7 +53,7 @@ def test_cvae_resume_continues_exactly(tmp_path):
              for run in (straight, split)]
     for a, b in zip(*lines):
         assert a["train_elbo"] == b["train_elbo"] and a["test_elbo"] == b["test_elbo"]
-    models = [torch.load(run / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+    models = [load_checkpoint(run / "checkpoint.pt")["trainer"]["model"]
               for run in (straight, split)]
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
     baselines = [torch.load(run / "baseline.pt", weights_only=False)["model"]
@@ -70,8 +71,8 @@ def test_old_vae_checkpoint_without_model_fields_resumes(tmp_path):
             for key in ("model", "condition"):
                 del config[key]
             path.write_text(json.dumps(config))
-        else:
-            state = torch.load(path, weights_only=False)
+        else:  # version 1: the payload's fields at the top level, no checksum
+            state = {**load_checkpoint(path), "version": 1}
             for key in ("model", "condition"):
                 del state["config"][key]
             torch.save(state, path)
@@ -125,7 +126,7 @@ def test_a_cvae_run_of_the_version_before_the_priors_were_shared_still_loads(tmp
     del config["prior"]
     config["cvae_prior"] = "fixed"
     (run / "config.json").write_text(json.dumps(config))
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = {**load_checkpoint(run / "checkpoint.pt"), "version": 1}  # as written then
     state["config"] = dict(config)
     model = state["trainer"]["model"]
     for name in ("loc", "scale"):

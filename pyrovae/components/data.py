@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pyrovae.components.idx_files import decompress_idx, is_valid_idx
 from pyrovae.components.registry import Registry
 from pyrovae.components.validation import check_int, check_one_of
 
@@ -150,16 +151,16 @@ def _torchvision_loader(registry_name: str, class_name: str):
 def _prepare_torchvision_root(cls, data_dir: Path, download: bool, name: str) -> Path:
     """Return a root where torchvision finds ``cls``'s decompressed raw files.
 
-    Decompresses ``*.gz`` raw files with ``torchvision.datasets.utils.extract_archive`` once;
-    when ``data_dir`` is read-only, into the same layout under :func:`default_data_dir`.
+    Decompresses ``*.gz`` raw files once, atomically and checked
+    (:mod:`pyrovae.components.idx_files`: a damaged archive is a ``ValueError`` naming it, and
+    an empty or cut-off decompressed file counts as missing); when ``data_dir`` is
+    read-only, into the same layout under :func:`default_data_dir`.
     """
-    from torchvision.datasets.utils import extract_archive
-
     files = [filename for filename, _md5 in cls.resources]  # e.g. train-images-idx3-ubyte.gz
     raw = data_dir / cls.__name__ / "raw"
 
     def missing(folder: Path) -> list[str]:
-        return [f for f in files if not (folder / f.removesuffix(".gz")).is_file()]
+        return [f for f in files if not is_valid_idx(folder / f.removesuffix(".gz"))]
 
     if not missing(raw) or download:
         return data_dir
@@ -177,7 +178,7 @@ def _prepare_torchvision_root(cls, data_dir: Path, download: bool, name: str) ->
         return root
     target.mkdir(parents=True, exist_ok=True)
     for f in missing(target):
-        extract_archive(str(raw / f), str(target))
+        decompress_idx(raw / f, target / f.removesuffix(".gz"))
     return root
 
 

@@ -11,13 +11,26 @@ import math
 from collections.abc import Iterable
 
 
-def check_int(value, name: str, minimum: int | None = 1) -> int:
-    """``value`` if it is an integer (not a bool) >= ``minimum`` (``None``: any integer)."""
+def check_int(value, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum`` (``None``: any integer) and
+    <= ``maximum`` (``None``: no limit)."""
     if not isinstance(value, int) or isinstance(value, bool) or (
-            minimum is not None and value < minimum):
-        allowed = "an integer" if minimum is None else f"an integer >= {minimum}"
+            minimum is not None and value < minimum) or (
+            maximum is not None and value > maximum):
+        if maximum is not None:
+            allowed = f"an integer in [{minimum}, {maximum}]"
+        else:
+            allowed = "an integer" if minimum is None else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+MAX_SEED = 2 ** 32 - 1  # what NumPy's and torch's seeding accept
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` if it is a seed every RNG accepts: an integer in [0, 2**32 - 1]."""
+    return check_int(value, name, minimum=0, maximum=MAX_SEED)
 
 
 def check_positive_float(value, name: str) -> float:

@@ -3,16 +3,16 @@
 :class:`SaveCheckpoint` writes ``checkpoint.pt`` after every epoch; :class:`MetricsLog`
 keeps ``metrics.jsonl``: rewritten from the trainer's history when training starts (so lines
 written after the last checkpoint by a crashed run disappear), one line per epoch, and an
-event line when training stops on a non-finite loss.
+event line when training stops on a non-finite loss. :class:`ReplaceSetAside` keeps the run
+that ``--force`` replaces until the new one has a checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pyrovae.runs.checkpoints import save_checkpoint
-from pyrovae.runs.folders import write_metrics
+from pyrovae.runs.folders import drop_set_aside, put_back, to_json, write_metrics
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.trainer import NonFiniteLossError
 
@@ -35,7 +35,7 @@ class MetricsLog(Callback):
 
     def _append(self, record: dict) -> None:
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(to_json(record) + "\n")
 
     def on_fit_start(self, trainer, epochs: int) -> None:
         write_metrics(self.path.parent, trainer.history)
@@ -48,3 +48,24 @@ class MetricsLog(Callback):
             self._append({"event": "non_finite", "epoch": error.epoch, "step": error.step,
                           "bad_steps": error.bad_steps, "steps": error.steps,
                           "action": "stopped"})
+
+
+class ReplaceSetAside(Callback):
+    """``--force``: the old run (set aside in ``RUN_DIR/.replaced``) is dropped once the new
+    run's first checkpoint is written, and put back if the new run ends before that (a
+    failed setting, a NaN in epoch 1, Ctrl-C), so no failure loses a finished run. Place it
+    after :class:`SaveCheckpoint`."""
+
+    def __init__(self, run_dir: Path, aside: Path):
+        self.run_dir, self.aside = Path(run_dir), aside
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        if self.aside is not None:
+            drop_set_aside(self.aside)
+            self.aside = None
+
+    def on_fit_end(self, trainer) -> None:
+        if self.aside is not None:
+            put_back(self.run_dir, self.aside)
+            self.aside = None
+

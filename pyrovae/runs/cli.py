@@ -15,8 +15,10 @@ import sys
 import typing
 from pathlib import Path
 
+from pyrovae.components.validation import check_seed
 from pyrovae.runs.config import CONFIG_FIELDS, TrainConfig, migrate
 from pyrovae.training.distributed import RankFailure
+from pyrovae.training.trainer import NonFiniteLossError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -197,6 +199,7 @@ def _train(args) -> int:
 def _sample(args) -> int:
     from pyrovae.runs.jobs import job_for_run
 
+    check_seed(args.seed, "--seed")
     job = job_for_run(args.run_dir)
     print(job.sample(args.run_dir, n=args.n, out=args.out, seed=args.seed, given=args.given,
                      rows=args.rows))
@@ -204,11 +207,12 @@ def _sample(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from pyrovae.runs.folders import write_json
+    from pyrovae.runs.folders import json_safe, write_json
     from pyrovae.runs.jobs import job_for_run
     from pyrovae.training import distributed
     from pyrovae.training.trainer import resolve_device
 
+    check_seed(args.seed, "--seed")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.nll_samples < 0 or args.chunk < 1:
@@ -229,9 +233,9 @@ def _evaluate(args) -> int:
         raise RankFailure(ctx, args.dist_timeout, error) from error
     finally:
         distributed.shutdown(created)
-    if ctx.is_main:
+    if ctx.is_main:  # printed first: a folder that cannot be written loses nothing
+        print(json.dumps(json_safe(result), indent=2), flush=True)
         write_json(args.run_dir / "evaluation.json", result)
-        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -239,6 +243,7 @@ def _check_kl(args) -> int:
     from pyrovae.inference.check_kl import format_report
     from pyrovae.runs.diagnostics import run_check_kl
 
+    check_seed(args.seed, "--seed")
     report = run_check_kl(args.run_dir, args.batch_size, args.draws, args.seed, args.device,
                           args.alpha)
     if args.json is not None and str(args.json) == "-":
@@ -256,6 +261,7 @@ def _compare(args) -> int:
     from pyrovae.inference.compare import EstimatorSpec, format_table
     from pyrovae.runs.diagnostics import run_compare
 
+    check_seed(args.seed, "--seed")
     specs = [EstimatorSpec.parse(text) for text in args.estimators] if args.estimators \
         else None
     rows = run_compare(args.run_dir, specs, args.repeats, args.batch_size, args.seed,
@@ -286,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except RankFailure as error:
+    except OSError as error:  # a path that cannot be read or written: one line
+        where = f": {error.filename}" if error.filename else ""
+        print(f"pyrovae {args.command}: error: {error.strerror or error}{where}",
+              file=sys.stderr)
+        return 2
+    except (RankFailure, NonFiniteLossError) as error:  # runtime faults
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:

@@ -17,7 +17,13 @@ from pyrovae.components.guides import GUIDES
 from pyrovae.components.likelihoods import LIKELIHOODS
 from pyrovae.components.networks import ACTIVATIONS
 from pyrovae.components.priors import PRIORS
-from pyrovae.components.validation import check_bool, check_int, check_one_of, check_positive_float
+from pyrovae.components.validation import (
+    check_bool,
+    check_int,
+    check_one_of,
+    check_positive_float,
+    check_seed,
+)
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, build_estimator
 from pyrovae.inference.importance import check_alpha
 from pyrovae.models.conditioning import CONDITIONS
@@ -130,7 +136,7 @@ class TrainConfig:
             check_one_of(getattr(self, name), name, _choices(name))
         for name in ("z_dim", "epochs", "batch_size", "particles", "components", "flow_steps"):
             check_int(getattr(self, name), name)
-        check_int(self.seed, "seed", minimum=None)
+        check_seed(self.seed)
         for name in ("sigma", "lr", "dist_timeout") + \
                 (("clip_norm",) if self.clip_norm is not None else ()):
             check_positive_float(getattr(self, name), name)

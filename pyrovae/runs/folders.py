@@ -10,6 +10,7 @@ A run folder holds::
     figures/*.png      written by the run's job when training ends
     environment.json   versions of pyrovae, Pyro, torch, Python; the device
     evaluation.json    written by ``pyrovae evaluate``
+    .pyrovae.lock      locked by the process that trains in the folder (:func:`locked_run_dir`)
 
 and whatever else the model kind's job adds (``baseline.pt`` for a cvae). Every file is
 written to a temporary file, flushed to disk and moved into place with ``os.replace``: a
@@ -18,10 +19,13 @@ run killed at any moment leaves the previous complete file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import math
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,6 +34,13 @@ import torch
 
 import pyrovae
 
+try:  # POSIX: the run-folder lock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_FILE = ".pyrovae.lock"  # held by the process training in the folder
+REPLACED = ".replaced"  # the run that --force replaces, until the new one's first checkpoint
 RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "checkpoint.pt",
              "evaluation.json", "baseline.pt")
 
@@ -50,14 +61,31 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by ``None``: JSON has no NaN (a
+    bare ``NaN`` makes the file unreadable to strict parsers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def to_json(value, indent: int | None = None) -> str:
+    """Strict JSON of ``value`` (non-finite floats as ``null``)."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, value) -> None:
-    """``value`` as indented JSON at ``path``, atomically."""
-    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
+    """``value`` as indented, strict JSON at ``path``, atomically."""
+    atomic_write(path, lambda f: f.write((to_json(value, indent=2) + "\n").encode()))
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """Rewrite metrics.jsonl from the checkpoint's history (drops lines past a crash)."""
-    text = "".join(json.dumps(m) + "\n" for m in history)
+    text = "".join(to_json(m) + "\n" for m in history)
     atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))
 
 
@@ -67,23 +95,113 @@ def default_run_dir(config) -> Path:
     return Path("runs") / f"{stamp}-{config.dataset}-{config.likelihood}-z{config.z_dim}"
 
 
-def check_new_run_dir(run_dir: Path, force: bool) -> None:
-    """``ValueError`` unless ``run_dir`` can hold a new run (absent, empty, or ``force``)."""
+def check_new_run_dir(run_dir: Path, force: bool) -> bool:
+    """``ValueError`` unless ``run_dir`` can hold a new run: absent or empty (but for its
+    lock); half-made (pyrovae's files without a checkpoint: a start killed or refused
+    before its first epoch ended); or, with ``force``, a pyrovae run folder (it has a
+    ``config.json``; a folder of other files is never cleared). Returns whether the old run
+    files must be replaced."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--out {run_dir} is a file, not a folder")
-    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+    contents = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+    if not contents:
+        return False
+    ours = all(p.name in RUN_FILES or p.name == "figures" or _is_torn(p) for p in contents)
+    if ours and not (run_dir / "checkpoint.pt").exists():
+        return True  # half-made: nothing trained to lose
+    if not force:
         raise ValueError(f"run folder {run_dir} exists and is not empty; pass --resume to "
                          "continue it, --force to overwrite it, or another --out")
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"--force: {run_dir} is not a pyrovae run folder (no config.json); "
+                         "pyrovae deletes only run folders it wrote: pick another --out")
+    return True
 
 
-def prepare_run_dir(run_dir: Path, clear: bool) -> None:
-    """Create ``run_dir``; with ``clear``, delete its run files and figures first. Removes
-    the temporary files a run killed in the middle of a write left behind."""
-    if clear:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for png in (run_dir / "figures").glob("*.png"):
-            png.unlink()
+def _is_torn(path: Path) -> bool:
+    """A temporary file of an interrupted :func:`atomic_write`."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def set_aside_run(run_dir: Path) -> Path:
+    """Move ``run_dir``'s run files and figures into ``run_dir/.replaced`` (the folder a new
+    run replaces, kept until :func:`drop_set_aside` or put back by :func:`put_back`)."""
+    aside = run_dir / REPLACED
+    aside.mkdir()  # recover_set_aside has dealt with any earlier one
+    for name in (*RUN_FILES, "figures"):
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, aside / name)
+    return aside
+
+
+def put_back(run_dir: Path, aside: Path) -> None:
+    """Undo :func:`set_aside_run`: the new run's files go, the old ones come back."""
+    for name in (*RUN_FILES, "figures"):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+        (run_dir / name).unlink(missing_ok=True)
+        if (aside / name).exists():
+            os.replace(aside / name, run_dir / name)
+    shutil.rmtree(aside)
+
+
+def recover_set_aside(run_dir: Path) -> None:
+    """Finish what a killed ``--force`` run left: its new checkpoint exists, so the old run
+    set aside goes; or it does not, so the old run comes back."""
+    aside = Path(run_dir) / REPLACED
+    if not aside.is_dir():
+        return
+    if (Path(run_dir) / "checkpoint.pt").is_file():
+        drop_set_aside(aside)
+    else:
+        put_back(Path(run_dir), aside)
+
+
+def drop_set_aside(aside: Path) -> None:
+    """The new run has its first checkpoint: the old one set aside goes."""
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: Path):
+    """Hold the run folder's lock (an exclusive ``flock`` on ``RUN_DIR/.pyrovae.lock``) for
+    the block: a second training process on the same folder gets a ``ValueError`` naming
+    the holder instead of interleaving its files with the first's. Creates the folder; one
+    that only this block created and that holds nothing but the lock afterwards (a start
+    refused by a check) is removed again. The kernel drops the lock when the process dies.
+    (Where ``fcntl`` is missing, e.g. on Windows, no lock is taken.)"""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file, not a folder")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ValueError(f"run folder {run_dir} is in use by another pyrovae process "
+                                 f"({holder}); wait until it ends, or pick another --out"
+                                 ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}, since "
+                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        yield run_dir
+    finally:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
+        handle.close()  # releases the lock
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir``; remove the temporary files a run killed in the middle of a write
+    left behind."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for torn in run_dir.glob(".*.tmp"):
         torn.unlink()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyrovae.runs import cvae_job, user_job, vae_job  # noqa: F401  (register their kinds)
+from pyrovae.runs.checkpoints import load_checkpoint
 from pyrovae.runs.config import TrainConfig, load_config
 from pyrovae.runs.job import Job, job_class
 from pyrovae.training.trainer import resolve_device
@@ -22,8 +23,25 @@ def job_for(config: TrainConfig, device="cpu") -> Job:
 
 
 def job_for_run(run_dir: str | Path, device="cpu") -> Job:
-    """The job of the run folder ``run_dir`` (its config loaded, plug-ins imported)."""
-    return job_for(load_config(run_dir), device)
+    """The job of the run folder ``run_dir`` (its config loaded, plug-ins imported).
+
+    The checkpoint's own config is what trained the model: a ``config.json`` that differs
+    from it (a hand edit; ``epochs``, ``device`` and ``dist_timeout`` aside) is refused, so
+    ``evaluate`` and ``sample`` never rebuild the model from settings it was not trained
+    with."""
+    config = load_config(run_dir)
+    checkpoint = Path(run_dir) / "checkpoint.pt"
+    if checkpoint.is_file():
+        try:
+            load_checkpoint(checkpoint, config)
+        except ValueError as error:
+            if "written for another config" not in str(error):
+                raise
+            differs = str(error).split("(differs in ", 1)[-1].rstrip(")")
+            raise ValueError(f"{Path(run_dir) / 'config.json'} differs from the config its "
+                             f"checkpoint was trained with (in {differs}); was it edited? "
+                             "Restore it, or train a new run with the new settings") from None
+    return job_for(config, device)
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[object, TrainConfig]:

@@ -33,7 +33,8 @@ def load_plugin(spec: str) -> ModuleType:
     """Import the plug-in ``spec`` (a module name or a ``.py`` path) once; return it.
 
     Raises ``ValueError`` naming the plug-in when it cannot be found or its import fails
-    for a missing module; other errors raised by the plug-in's own code propagate.
+    (a missing module, or an error in its own code: one line, with the file and line of a
+    syntax error).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"plugin must be a module name or a path to a .py file, got {spec!r}")
@@ -60,6 +61,15 @@ def _import(spec: str) -> ModuleType | None:
         if error.name is not None and (spec == error.name or spec.startswith(error.name + ".")):
             return None
         raise ValueError(f"plugin {spec!r} failed to import: {error}") from None
+    except Exception as error:  # its own code failed: a syntax error, a missing name, ...
+        raise ValueError(f"plugin {spec!r} failed to import: {_describe(error)}") from None
+
+
+def _describe(error: Exception) -> str:
+    """One line: the error's type and message, and for a syntax error its file and line."""
+    if isinstance(error, SyntaxError):
+        return f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
+    return f"{type(error).__name__}: {error}"
 
 
 def _load_file(path: Path) -> ModuleType:
@@ -79,6 +89,10 @@ def _load_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise ValueError(f"plugin {str(path)!r} failed to import: {_describe(error)}") \
+            from None
     except BaseException:
         del sys.modules[name]
         raise

@@ -8,6 +8,7 @@ the :class:`~pyrovae.training.trainer.Trainer` trains, and callbacks write the r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -16,14 +17,18 @@ import pyro
 import torch
 
 from pyrovae.components.data import check_batch_size, load_dataset
-from pyrovae.runs.callbacks import MetricsLog, SaveCheckpoint
+from pyrovae.runs.callbacks import MetricsLog, ReplaceSetAside, SaveCheckpoint
 from pyrovae.runs.checkpoints import RESUME_FIELDS, load_checkpoint
 from pyrovae.runs.config import TrainConfig
 from pyrovae.runs.folders import (
     check_new_run_dir,
     default_run_dir,
     environment,
+    locked_run_dir,
     prepare_run_dir,
+    put_back,
+    recover_set_aside,
+    set_aside_run,
     write_json,
 )
 from pyrovae.runs.jobs import job_for
@@ -59,21 +64,28 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     if ctx.enabled and out is None:
         raise ValueError(f"pass --out when training on {ctx.world_size} ranks: every rank "
                          "must name the same run folder")
-    run_dir, config = _check_run_dir(config, out, resume, force)  # every rank; reads only
-    device = distributed.device_for(ctx, resolve_device(config.device))
-    ctx = replace(ctx, seed=config.seed)
-    created = distributed.init(ctx, device, config.dist_timeout)
-    try:
-        distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
-        return _train(config, run_dir, resume, force, progress, ctx, device)
-    except RuntimeError as error:
-        if ctx.enabled and not isinstance(error, NonFiniteLossError):
-            logger.error("rank %d of %d: training failed", ctx.rank, ctx.world_size,
-                         exc_info=True)  # the traceback, before the one-line summary
-            raise distributed.RankFailure(ctx, config.dist_timeout, error) from error
-        raise
-    finally:
-        distributed.shutdown(created)
+    config.validate()
+    run_dir = Path(out) if out is not None else default_run_dir(config)
+    # rank 0 holds the folder's lock from the checks to the end: a second process on it is
+    # refused (two resumes, or a --force beside a resume, would mix their files)
+    with locked_run_dir(run_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:  # a --force run killed before its first checkpoint: undo it
+            recover_set_aside(run_dir)
+        config = _check_run_dir(config, run_dir, resume, force)  # every rank; reads only
+        device = distributed.device_for(ctx, resolve_device(config.device))
+        ctx = replace(ctx, seed=config.seed)
+        created = distributed.init(ctx, device, config.dist_timeout)
+        try:
+            distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
+            return _train(config, run_dir, resume, force, progress, ctx, device)
+        except RuntimeError as error:
+            if ctx.enabled and not isinstance(error, NonFiniteLossError):
+                logger.error("rank %d of %d: training failed", ctx.rank, ctx.world_size,
+                             exc_info=True)  # the traceback, before the one-line summary
+                raise distributed.RankFailure(ctx, config.dist_timeout, error) from error
+            raise
+        finally:
+            distributed.shutdown(created)
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progress,
@@ -102,12 +114,21 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
         trainer.load_state_dict({**state, "model": job.upgrade_state(state["model"])})
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
     callbacks = [StopOnSigint()]
+    aside = None
     if ctx.is_main:
-        prepare_run_dir(run_dir, clear=force and not resume)
-        write_json(run_dir / "config.json", config.to_dict())
-        write_json(run_dir / "environment.json", environment(device, ctx.world_size))
-        callbacks = [SaveCheckpoint(checkpoint, config, job.data_shape), MetricsLog(run_dir),
-                     *callbacks]
+        prepare_run_dir(run_dir)
+        if not resume and check_new_run_dir(run_dir, force):  # replaced: set aside, not lost
+            aside = set_aside_run(run_dir)
+        callbacks = [SaveCheckpoint(checkpoint, config, job.data_shape),
+                     ReplaceSetAside(run_dir, aside), MetricsLog(run_dir), *callbacks]
+    try:
+        if ctx.is_main:
+            write_json(run_dir / "config.json", config.to_dict())
+            write_json(run_dir / "environment.json", environment(device, ctx.world_size))
+    except BaseException:
+        if aside is not None:
+            put_back(run_dir, aside)
+        raise
     trainer.fit(train_x, config.epochs, batch_size, test_x=test_x,
                 dynamic_binarize=config.binarize == "dynamic", callbacks=callbacks,
                 progress=progress)
@@ -118,11 +139,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
     return run_dir
 
 
-def _check_run_dir(config: TrainConfig, out, resume: bool, force: bool
-                   ) -> tuple[Path, TrainConfig]:
-    """The run folder and the config to train (the saved one when resuming); writes nothing."""
-    config.validate()
-    run_dir = Path(out) if out is not None else default_run_dir(config)
+def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: bool
+                   ) -> TrainConfig:
+    """The config to train in ``run_dir`` (the saved one when resuming); writes nothing."""
     if resume:
         if not (run_dir / "checkpoint.pt").is_file():
             raise ValueError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; start "
@@ -130,6 +149,6 @@ def _check_run_dir(config: TrainConfig, out, resume: bool, force: bool
         saved = TrainConfig.load(run_dir / "config.json")
         for name in RESUME_FIELDS:
             setattr(saved, name, getattr(config, name))
-        return run_dir, saved.validate()
+        return saved.validate()
     check_new_run_dir(run_dir, force)
-    return run_dir, config
+    return config

@@ -58,10 +58,12 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, epoch: int, step: int, bad_steps: int, steps: int):
         self.epoch, self.step, self.bad_steps, self.steps = epoch, step, bad_steps, steps
+        kept = (f"the checkpoint of epoch {epoch - 1} is the last good state" if epoch > 1
+                else "no epoch finished, so no checkpoint of this run was written")
         super().__init__(
             f"non-finite loss or gradient in epoch {epoch} at step {step} ({bad_steps} of "
-            f"{steps} steps of the epoch); stopped, the last checkpoint is the last good "
-            "state. Lower --lr, set --clip-norm, or pass --on-nan skip")
+            f"{steps} steps of the epoch); stopped, {kept}. Lower --lr, set --clip-norm, or "
+            "pass --on-nan skip")
 
 
 class Trainer:
