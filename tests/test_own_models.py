@@ -7,6 +7,7 @@ t(1e-5 / (2 m)) over m gradient elements; seeds fixed.
 """
 
 import math
+from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
@@ -18,12 +19,15 @@ from pyrovae.inference.compare import EstimatorSpec, compare_estimators, format_
 from pyrovae.inference.elbo import ESTIMATORS
 from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo, log_likelihood
+from pyrovae.inference.generation import Generator
 from pyrovae.inference.pair import PyroPair, as_pair
 from pyrovae.inference.statistics import parameter_groups, student_t_quantile
 from pyrovae.training.steppers import FastStepper, graph_capturable
 from pyrovae.training.sync_guard import SyncGuard
 from pyrovae.training.trainer import Trainer
 from tests.user_models import (
+    NoisyTutorialVAE,
+    RootPyroVAE,
     TutorialVAE,
     TwoSiteVAE,
     pca_exact,
@@ -157,9 +161,10 @@ def test_parameters_made_after_training_started_are_refused(pca_data):
         calls["n"] += 1
 
     trainer = Trainer(model=late_model, guide=pca_guide)
-    trainer.fit(pca_data, epochs=1, batch_size=10, progress=False)
     with pytest.raises(RuntimeError, match="created parameters after training started"):
-        trainer.prepare(pca_data[:10])
+        trainer.fit(pca_data, epochs=1, batch_size=10, progress=False)  # found at epoch end
+    with pytest.raises(RuntimeError, match="created parameters after training started"):
+        trainer.prepare(pca_data[:10])  # and by a new setup
 
 
 def test_bad_pairs_get_clear_errors():
@@ -349,3 +354,96 @@ def test_the_cuda_graph_check_reads_a_users_guide(tiny_images):
     assert not ok and "guide site 'switch' is not reparameterised" in reason
     history = Trainer(discrete, lr=1e-2).fit(x, epochs=2, batch_size=4, progress=False)
     assert all(math.isfinite(m["train_elbo"]) for m in history)  # score-function gradient
+
+
+# ---- found by review: the cases that broke ---------------------------------------------
+
+def test_a_module_pair_with_a_pyro_param_resumes_exactly(tiny_images):
+    x = tiny_images[0]
+
+    def fresh():
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        return Trainer(NoisyTutorialVAE(pixels=16, z_dim=2, hidden_dim=8), lr=1e-2)
+
+    straight = fresh()
+    straight.fit(x, epochs=4, batch_size=10, test_x=x[:10], progress=False)
+    first = fresh()
+    first.fit(x, epochs=2, batch_size=10, test_x=x[:10], progress=False)
+    state = first.state_dict()
+    assert "pyro.param:obs_scale" in state["model"]
+    resumed = fresh()
+    resumed.load_state_dict(state)  # before the first call made obs_scale
+    resumed.fit(x, epochs=4, batch_size=10, test_x=x[:10], progress=False)
+    assert [m["test_elbo"] for m in resumed.history] == [m["test_elbo"] for m in
+                                                         straight.history]
+
+
+def test_a_cleared_param_store_does_not_cut_a_pair_from_its_parameters(pca_data):
+    pyro.set_rng_seed(0)
+    a = Trainer(model=pca_model, guide=pca_guide, lr=1e-2)
+    a.fit(pca_data, epochs=3, batch_size=10, progress=False)
+    before = evaluate_elbo(a.pair, pca_data, estimator=build_estimator("trace", 50))
+    Trainer(tutorial()).fit(torch.rand(20, 1, 4, 4), epochs=1, batch_size=10,
+                            progress=False)  # clears Pyro's global store
+    pyro.set_rng_seed(0)
+    after = evaluate_elbo(a.pair, pca_data, estimator=build_estimator("trace", 50))
+    assert after == pytest.approx(before, abs=0.5)  # the same parameters, new draws
+    w = a.pair.state_dict()["pyro.param:W"].clone()
+    a.fit(pca_data, epochs=4, batch_size=10, progress=False)
+    assert not torch.equal(w, a.pair.state_dict()["pyro.param:W"])  # still trains them
+
+
+def test_a_parameter_made_after_the_first_epoch_stops_training(pca_data):
+    calls = {"n": 0}
+
+    def guide(x):
+        pca_guide(x)
+        calls["n"] += 1
+        if calls["n"] > 3:
+            pyro.param("late_shift", torch.zeros(()))
+
+    trainer = Trainer(model=pca_model, guide=guide)
+    with pytest.raises(RuntimeError, match=r"created parameters after training started "
+                       r"\(late_shift\)"):
+        trainer.fit(pca_data, epochs=2, batch_size=10, progress=False)
+
+
+def test_check_kl_gives_back_the_very_tensors_it_borrowed(tiny_images):
+    x = tiny_images[1]
+    trainer = Trainer(tutorial(), lr=1e-2)
+    trainer.fit(x, epochs=1, batch_size=10, progress=False)
+    params = list(trainer.pair.parameters())
+    pointers = [p.data_ptr() for p in params]
+    grads = [p.grad.clone() for p in params]
+    check_kl(trainer.pair, x[:8], draws=20)
+    assert [p.data_ptr() for p in params] == pointers  # an optimiser or a graph keeps them
+    assert all(p.dtype == torch.float32 for p in params)
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
+
+
+def test_diagnostics_take_any_pair_as_given(tiny_images, pca_data):
+    x = tiny_images[0][:8]
+    root = RootPyroVAE()
+    report = check_kl(root, x, draws=20)  # a PyroModule, parameters on its root
+    assert report["agree"] and set(report["gradients"]) == {"guide", "model"}
+    functions = SimpleNamespace(model=pca_model, guide=pca_guide)
+    rows = compare_estimators(functions, pca_data[:8], [EstimatorSpec("trace")], repeats=3)
+    assert {"guide_snr", "model_snr"} <= set(rows[0])
+
+
+def test_samples_of_a_pair_with_a_condition(pca_data):
+    def model(x, y):
+        with pyro.plate("items", len(x)):
+            z = pyro.sample("code", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("pixels", dist.Normal(z.sum(-1, keepdim=True) + y[:, None], 1.0)
+                        .expand([len(x), 5]).to_event(1), obs=x)
+
+    def guide(x, y):
+        with pyro.plate("items", len(x)):
+            pyro.sample("code", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+
+    y = torch.arange(4, dtype=torch.float64) * 100
+    samples = Generator(PyroPair(model, guide), (pca_data[:4], y)).sample(6)
+    assert samples.shape == (6, 5)
+    assert (samples[:, 0] - y[torch.arange(6) % 4]).abs().max() < 20  # the condition used

@@ -73,9 +73,32 @@ def test_a_model_that_cannot_generate_trains_and_says_why_it_cannot_sample(tmp_p
     (["--model", f"{MODELS}:TutorialVAE", "--model-options", "width=3"],
      "calling it with --model-options {'width': 3} failed"),
     (["--model", "gan"], "model must be one of cvae, vae, or MODULE:FACTORY"),
+    (["--model", f"{MODELS}:raising_factory"],
+     "failed: RuntimeError: my model is broken"),
 ])
 def test_bad_user_models_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert main(["train", "--out", str(tmp_path / "r"), *argv, "--epochs", "1", *FAST]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_relative_model_path_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--model", "tests/user_models.py:TutorialVAE",
+                 "--model-options", "pixels=64", "z_dim=2", "hidden_dim=8", "--epochs", "1",
+                 *FAST]) == 0
+    assert json.loads((run / "config.json").read_text())["model"] == f"{MODELS}:TutorialVAE"
+    monkeypatch.chdir(tmp_path)  # another folder: evaluate still finds the model
+    assert main(["evaluate", str(run)]) == 0
+
+
+def test_a_user_model_with_its_own_pyro_param_resumes_from_the_command_line(tmp_path):
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    model = ["--model", f"{MODELS}:NoisyTutorialVAE", "--model-options", "pixels=64",
+             "z_dim=2", "hidden_dim=8", *FAST]
+    assert main(["train", "--out", str(straight), "--epochs", "3", *model]) == 0
+    assert main(["train", "--out", str(cut), "--epochs", "1", *model]) == 0
+    assert main(["train", "--out", str(cut), "--epochs", "3", "--resume", *model]) == 0
+    assert [m["test_elbo"] for m in metrics(cut)] == [m["test_elbo"] for m in metrics(straight)]

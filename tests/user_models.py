@@ -128,3 +128,43 @@ class NoMeanVAE(TutorialVAE):
             z = pyro.sample("latent", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
             pyro.sample("obs", _NoMean(self.decoder(z), 0.3).to_event(1),
                         obs=x.reshape(-1, self.pixels))
+
+
+class NoisyTutorialVAE(TutorialVAE):
+    """The tutorial VAE with a Gaussian likelihood whose scale is a ``pyro.param``: an
+    ``nn.Module`` pair with one parameter that no module holds."""
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        scale = pyro.param("obs_scale", lambda: torch.tensor(0.5), constraint=constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            pyro.sample("obs", dist.Normal(self.decoder(z), scale).to_event(1),
+                        obs=x.reshape(-1, self.pixels))
+
+
+class RootPyroVAE(pyro.nn.PyroModule):
+    """A PyroModule whose parameters sit on the root (no children): a linear Gaussian."""
+
+    def __init__(self, d=16, k=2):
+        super().__init__()
+        self.d, self.k = d, k
+        self.w = torch.nn.Parameter(0.1 * torch.randn(d, k))
+        self.a = torch.nn.Parameter(0.1 * torch.randn(k, d))
+
+    @pyro.nn.pyro_method
+    def model(self, x):
+        flat = x.reshape(len(x), -1)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(flat.new_zeros(self.k), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.w.T, 0.5).to_event(1), obs=flat)
+
+    @pyro.nn.pyro_method
+    def guide(self, x):
+        flat = x.reshape(len(x), -1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(flat @ self.a.T, 0.5).to_event(1))
+
+
+def raising_factory():
+    raise RuntimeError("my model is broken")

@@ -24,7 +24,7 @@ from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import build_estimator
 from pyrovae.inference.kl import closed_form_kl, site_kl_differences
-from pyrovae.inference.pair import Batch, ModelGuidePair, as_args, num_data
+from pyrovae.inference.pair import Batch, ModelGuidePair, as_args, num_data, set_up_pair
 from pyrovae.inference.statistics import (
     Moments,
     grouped_gradients,
@@ -121,8 +121,9 @@ def check_kl(vae: ModelGuidePair, x: Batch, draws: int = 200, particles: int = 1
              alpha: float = 1e-3) -> dict:
     """Compare ``analytic`` with ``trace`` on the batch ``x`` (see :data:`RULE`); a report.
 
-    The pair is evaluated in float64 (converted in place, with float64 as torch's default
-    dtype so tensors the model makes match, and converted back at the end). Returns a
+    Any pair (:func:`~pyrovae.inference.pair.set_up_pair`), evaluated in float64 (its
+    tensors swapped for float64 copies, with float64 as torch's default dtype so tensors the
+    model makes match; the originals back at the end). Returns a
     JSON-ready dict: ``value`` (mean, s.e., per-draw sd of each ELBO in nats per datum; the
     paired difference and its z), ``sites`` (per latent site: how its KL is computed, and
     its own paired difference), ``gradients`` (per parameter group: elements, relative
@@ -133,6 +134,7 @@ def check_kl(vae: ModelGuidePair, x: Batch, draws: int = 200, particles: int = 1
     if not (isinstance(alpha, float) and 0 < alpha < 1):
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
     args = tuple(t.double() if t.is_floating_point() else t for t in as_args(x))
+    vae = set_up_pair(vae, as_args(x))  # every parameter of any pair, in its groups
     with float64(vae):
         methods = site_kl_methods(vae, args)
         result = shared_draws(vae, args, ("analytic", "trace"), draws, particles)
@@ -182,20 +184,27 @@ def _paired_z(d: torch.Tensor) -> float:
 
 @contextlib.contextmanager
 def float64(pair):
-    """The pair's parameters and buffers in float64 (in place, so Pyro's parameter store,
-    which shares the tensors, sees it), and float64 as the default dtype; as before after."""
-    dtypes = {p.dtype for p in pair.parameters()}
-    if len(dtypes) > 1:
-        raise ValueError(f"the pair's parameters mix dtypes {sorted(map(str, dtypes))}")
-    dtype = dtypes.pop() if dtypes else torch.get_default_dtype()
+    """The pair's floating parameters and buffers in float64 for the block (their ``.data``
+    swapped, so Pyro's parameter store, which holds the same tensors, sees it), with float64
+    as the default dtype; afterwards the very same storage as before is back (an optimiser,
+    or a captured CUDA graph, keeps its addresses), with the gradients as they were."""
+    tensors = [t for t in (*pair.parameters(), *pair.buffers()) if t.is_floating_point()]
+    saved = [(t, t.data, t.grad if isinstance(t, torch.nn.Parameter) else None)
+             for t in tensors]
     default = torch.get_default_dtype()
-    pair.to(torch.float64)
+    for t in tensors:
+        t.data = t.data.double()
+        if isinstance(t, torch.nn.Parameter):
+            t.grad = None
     torch.set_default_dtype(torch.float64)
     try:
         yield
     finally:
         torch.set_default_dtype(default)
-        pair.to(dtype)
+        for t, data, grad in saved:
+            t.data = data
+            if isinstance(t, torch.nn.Parameter):
+                t.grad = grad
 
 
 def site_kl_methods(vae: ModelGuidePair, x: Batch) -> dict[str, str]:

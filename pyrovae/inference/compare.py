@@ -33,7 +33,7 @@ import torch
 
 from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import ESTIMATORS, Estimator, EstimatorAxes, build_estimator
-from pyrovae.inference.pair import Batch, as_args, num_data
+from pyrovae.inference.pair import Batch, as_args, num_data, set_up_pair
 from pyrovae.inference.statistics import Moments, grouped_gradients, parameter_groups
 
 IMPORTANCE_PARTICLES = (5, 50)  # default K of the importance-weighted estimators
@@ -105,6 +105,7 @@ def compare_estimators(vae, x: Batch, specs: list[EstimatorSpec] | None = None,
     """One row per spec (see the module docstring), on batch ``x`` (``(B, *data_shape)``, or
     a tuple of the model's tensor arguments)."""
     check_int(repeats, "repeats", minimum=2)
+    vae = set_up_pair(vae, x)  # any pair: every parameter, in its groups
     estimators = [(spec, spec.build(alpha)) for spec in specs or default_specs()]
     rows = []
     with pyro.validation_enabled(False):  # as in training: validation reads values on the host

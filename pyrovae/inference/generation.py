@@ -19,7 +19,7 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
-from pyrovae.inference.pair import Batch, ModelGuidePair, as_args
+from pyrovae.inference.pair import Batch, ModelGuidePair, as_args, take
 
 
 def data_site(model_trace, x: torch.Tensor) -> dict:
@@ -71,16 +71,18 @@ class Generator:
 
     Args:
         pair: the model/guide pair.
-        examples: data ``(M, ...)`` to run the model on for samples (cycled when n > M);
-            only their number and any extra arguments matter.
+        examples: data ``(M, ...)``, or a tuple of the model's tensor arguments, to run the
+            model on for samples (cycled when n > M); only their number and any extra
+            arguments (a condition) matter.
     """
 
-    def __init__(self, pair: ModelGuidePair, examples: torch.Tensor):
-        self.pair, self.examples = pair, examples
+    def __init__(self, pair: ModelGuidePair, examples: Batch):
+        self.pair, self.examples = pair, as_args(examples)
 
     def sample(self, n: int) -> torch.Tensor:
-        index = torch.arange(n, device=self.examples.device) % len(self.examples)
-        return prior_means(self.pair, self.examples[index])
+        first = self.examples[0]
+        index = torch.arange(n, device=first.device) % len(first)
+        return prior_means(self.pair, take(self.examples, index))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return reconstruction_means(self.pair, x)

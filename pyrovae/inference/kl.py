@@ -130,8 +130,9 @@ def site_kl_differences(model_trace, guide_trace, kl=closed_form_kl) -> dict[str
 def _check_reparameterised(site: dict) -> None:
     if not is_identically_zero(site["score_parts"].score_function):
         raise ValueError(f"the analytic-KL ELBO needs reparameterised guide sites; site "
-                         f"{site['name']!r} ({type(site['fn']).__name__}) is not; use the "
-                         "'trace' estimator")
+                         f"{site['name']!r} ({type(site['fn']).__name__}) is not: train with "
+                         "the 'trace' estimator (check-kl compares the analytic ELBO's "
+                         "pathwise gradients, so it cannot check this pair)")
 
 
 def analytic_particle_elbo(model_trace, guide_trace, kl=closed_form_kl) -> torch.Tensor:

@@ -110,12 +110,17 @@ class PyroPair(nn.Module):
         self._constraints: dict[str, object] = {}
         self.model_parameter_names: set[str] = set()
         self.guide_parameter_names: set[str] = set()
+        self._names_by_id: dict[int, str] = {}      # every parameter the traces reached
+        self._store_names: set[str] = set()         # the store's names after setup
+        self._example: tuple = ()                   # the setup batch
         self.is_set_up = False
 
     def model(self, *args, **kwargs):
+        self.install()
         return self._model(*args, **kwargs)
 
     def guide(self, *args, **kwargs):
+        self.install()
         return self._guide(*args, **kwargs)
 
     @property
@@ -128,11 +133,8 @@ class PyroPair(nn.Module):
         batch) to find every parameter they use, creating lazy ones. No gradients, on a
         forked RNG (the caller's random streams do not move). Returns ``self``."""
         self.install()
-        with torch.no_grad(), forked_rng(_device_of(args)), poutine.block(), \
-                pyro.validation_enabled(False):  # as in the step: it may see NaN parameters
-            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)
-                                        ).get_trace(*args, **kwargs)
+        guide_trace, model_trace = self._traces(*args, **kwargs)
+        self._example = args
         owned = {id(p) for p in self.owner.parameters()} if self.owner is not None else set()
         store = pyro.get_param_store()
         for names, trace in ((self.guide_parameter_names, guide_trace),
@@ -143,10 +145,38 @@ class PyroPair(nn.Module):
                 names.add(name)
                 tensor = store._params[name]  # the unconstrained leaf Pyro optimises
                 if id(tensor) in owned or name in self._store:
+                    self._names_by_id.setdefault(id(tensor), name)
                     continue
                 self._adopt(store, name, tensor)
+                self._names_by_id[id(self._store[name])] = name
+        self._store_names = set(store.keys())
         self.is_set_up = True
         return self
+
+    def new_store_names(self) -> list[str]:
+        """Parameters the model or guide created after :meth:`setup` (an optimiser built at
+        setup does not train them). Cheap when the store has no name it had not then; else
+        one traced run on the setup batch tells this pair's new names from another's."""
+        if not self.is_set_up:
+            return []
+        store_names = set(pyro.get_param_store().keys())
+        if store_names <= self._store_names:
+            return []
+        guide_trace, model_trace = self._traces(*self._example)
+        used = {name for trace in (guide_trace, model_trace)
+                for name, site in trace.nodes.items() if site["type"] == "param"}
+        self._store_names |= store_names - used  # another model's: not asked about again
+        return sorted(used - self.guide_parameter_names - self.model_parameter_names)
+
+    def _traces(self, *args, **kwargs):
+        """One run of the guide, then of the model on its draws: no gradients, validation
+        off (as in the step: it may see NaN parameters), a forked RNG, hidden from handlers."""
+        with torch.no_grad(), forked_rng(_device_of(args)), poutine.block(), \
+                pyro.validation_enabled(False):
+            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)
+                                        ).get_trace(*args, **kwargs)
+        return guide_trace, model_trace
 
     def _adopt(self, store: ParamStoreDict, name: str, tensor: torch.Tensor) -> None:
         """Hold the store's tensor ``name`` (as an ``nn.Parameter``, in the store too: the
@@ -175,24 +205,29 @@ class PyroPair(nn.Module):
         else by the program that uses them (``guide`` or ``model``)."""
         groups = module_groups(self.owner) if self.owner is not None else {}
         for name, tensor in self._store.items():
-            if MODULE_DIVIDER in name:
-                group = name.split(MODULE_DIVIDER)[0]
-            else:
-                group = "guide" if name in self.guide_parameter_names else "model"
-            groups.setdefault(group, []).append(tensor)
-        if self.owner is not None:  # owner parameters no child holds
+            groups.setdefault(self._group_of(name), []).append(tensor)
+        if self.owner is not None:  # owner parameters no child holds: by their Pyro name
             grouped = {id(p) for params in groups.values() for p in params}
-            rest = [p for p in self.owner.parameters() if id(p) not in grouped]
-            if rest:
-                groups.setdefault("other", []).extend(rest)
+            for p in self.owner.parameters():
+                if id(p) not in grouped:
+                    name = self._names_by_id.get(id(p))
+                    groups.setdefault(self._group_of(name) if name else "other", []).append(p)
         return groups
 
-    def state_dict(self, *args, **kwargs) -> dict:
+    def _group_of(self, name: str) -> str:
+        """A store parameter's group: its ``pyro.module`` name, else the program using it."""
+        if MODULE_DIVIDER in name:
+            return name.split(MODULE_DIVIDER)[0]
+        return "guide" if name in self.guide_parameter_names else "model"
+
+    def state_dict(self, destination=None, prefix: str = "", keep_vars: bool = False) -> dict:
         """The owner's ``state_dict`` (its own keys) and ``pyro.param:NAME`` for each store
-        parameter (unconstrained values)."""
-        state = self.owner.state_dict(*args, **kwargs) if self.owner is not None else {}
+        parameter (unconstrained values), each key after ``prefix``."""
+        state = {} if destination is None else destination
+        if self.owner is not None:
+            self.owner.state_dict(destination=state, prefix=prefix, keep_vars=keep_vars)
         for name, tensor in self._store.items():
-            state[STORE_PREFIX + name] = tensor.detach()
+            state[prefix + STORE_PREFIX + name] = tensor if keep_vars else tensor.detach()
         return state
 
     def load_state_dict(self, state: dict, strict: bool = True):
@@ -232,6 +267,15 @@ def as_pair(pair=None, model: Callable | None = None, guide: Callable | None = N
         raise TypeError("a model/guide pair is needed: pass an object with model and guide "
                         "methods, or both model= and guide=")
     return PyroPair(model, guide)
+
+
+def set_up_pair(pair, args: Batch) -> PyroPair:
+    """``pair`` as a :class:`PyroPair` set up on ``args`` (an example batch), for code that
+    needs every parameter of any pair (gradient statistics): a set-up pair as it is."""
+    wrapped = as_pair(pair)
+    if not wrapped.is_set_up:
+        wrapped.setup(*as_args(args))
+    return wrapped
 
 
 def _device_of(args) -> torch.device:

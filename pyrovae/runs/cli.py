@@ -175,8 +175,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "model_options" in given:  # KEY=VALUE pairs, added to the --config file's
         given["model_options"] = {**values.get("model_options", {}),
                                   **dict(given["model_options"])}
+    for name in ("plugin", "model"):  # .py paths made absolute: later commands run elsewhere
+        if name in given:
+            given[name] = _absolute_py_paths(given[name])
     values.update(given)
     return TrainConfig.from_dict(values)
+
+
+def _absolute_py_paths(value):
+    """``x.py`` -> ``/abs/x.py``, ``x.py:Factory`` -> ``/abs/x.py:Factory``, in a string or
+    each string of a list; module names unchanged."""
+    if isinstance(value, list):
+        return [_absolute_py_paths(v) for v in value]
+    path, colon, attribute = value.rpartition(":") if ":" in value else (value, "", "")
+    if path.endswith(".py"):
+        return str(Path(path).resolve()) + colon + attribute
+    return value
 
 
 def _train(args) -> int:

@@ -21,7 +21,18 @@ set (binarised as ``--binarize`` says). What it must offer:
   ``sample`` says why.
 
 pyrovae's own model fields (``--prior``, ``--likelihood``, ``--z-dim``, ...) do not apply and
-are refused when set.
+are refused when set (``config.json`` still lists them, at their defaults).
+
+What any pair must do for some estimators (Pyro's own rules, as for ``RenyiELBO``):
+
+- ``iwae``, ``iwae_dreg``, ``renyi``, ``--particles`` > 1 and IS log P(X) draw the particles
+  as a plate on the left: the model's tensor code must broadcast over leading dimensions
+  (``torch.cat([z, y], -1)`` with ``y`` of shape ``(B, D)`` does not; expand ``y`` first);
+- ``analytic`` assumes a mean-field guide (no model parent of a latent is drawn after it in
+  the guide), as Pyro's ``TraceMeanField_ELBO`` does; ``check-kl`` shows when it is not;
+- ELBOs are reported per datum of the batch: a model that rescales its log-densities
+  (``pyro.plate(..., subsample=...)`` or ``poutine.scale``) gets its scaled bound, while the
+  IS log P(X) of ``evaluate`` is always unscaled.
 """
 
 from __future__ import annotations
@@ -77,9 +88,11 @@ def build_user_pair(config: TrainConfig, data_shape: tuple[int, ...]) -> PyroPai
         options.setdefault("data_shape", tuple(data_shape))
     try:
         made = factory(**options)
-    except TypeError as error:
+    except Exception as error:  # one line; the traceback goes to the log (-v shows it)
+        logger.info("--model %s raised", config.model, exc_info=True)
         raise ValueError(f"--model {config.model}: calling it with --model-options "
-                         f"{config.model_options} failed: {error}") from None
+                         f"{config.model_options} failed: {type(error).__name__}: {error} "
+                         "(pyrovae -v train ... shows the traceback)") from None
     if isinstance(made, tuple) and len(made) == 2:
         return PyroPair(*made, data_shape=data_shape)
     return PyroPair(made, data_shape=data_shape)

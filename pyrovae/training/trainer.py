@@ -21,7 +21,7 @@ from pyrovae.components.rng import forked_rng, rng_state, set_rng_state
 from pyrovae.components.validation import check_int, check_one_of, check_positive_float
 from pyrovae.inference.estimators import Estimator, build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo
-from pyrovae.inference.pair import Batch, as_args, as_pair, num_data, take
+from pyrovae.inference.pair import STORE_PREFIX, Batch, as_args, as_pair, num_data, take
 from pyrovae.training.callbacks import Callback, ProgressBar
 from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
 from pyrovae.training.steppers import (
@@ -210,6 +210,9 @@ class Trainer:
             self._stepper = None
         if self._stepper is None:
             self._build_stepper()
+        if self._pending_state is not None:  # a state loaded before setup
+            state, self._pending_state = self._pending_state, None
+            self._load_model_and_optimizer(state)
 
     def _stepper_has_stepped(self) -> bool:
         if isinstance(self._stepper, FastStepper):
@@ -296,6 +299,12 @@ class Trainer:
             self.stepper.step(x)
         stats = self.stepper.take_epoch()
         seconds = time.perf_counter() - start
+        late = self.pair.new_store_names()  # a few set operations on the host, per epoch
+        if late:
+            raise RuntimeError(f"the model or guide created parameters after training "
+                               f"started ({', '.join(late)}): the optimiser does not train "
+                               "them; create them on the first call (pyrovae finds them "
+                               "then) or in the module's constructor")
         if stats.bad_steps and self.on_nan == "stop":
             raise NonFiniteLossError(self.epoch + 1, stats.first_bad_step, stats.bad_steps,
                                      stats.steps)
@@ -393,7 +402,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""
-        if self._stepper is None and self._pending_state is not None:
+        if self._pending_state is not None:  # loaded, not yet applied: the same state
             model, optimizer = self._pending_state["model"], self._pending_state["optimizer"]
         else:
             model, optimizer = self.pair.state_dict(), self.stepper.state_dict()
@@ -412,7 +421,10 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
-        if self._stepper is None and not self._parameters_known():
+        unseen = not self.pair.is_set_up and any(k.startswith(STORE_PREFIX)
+                                                 for k in state["model"])
+        if (self._stepper is None and not self._parameters_known()) or unseen:
+            # Pyro store parameters appear on the first call: load once they exist
             self._pending_state = {"model": state["model"], "optimizer": state["optimizer"]}
             return
         self._load_model_and_optimizer(state)
