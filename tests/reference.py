@@ -1,4 +1,5 @@
-"""Reference computations for the tests (not part of the library): Monte-Carlo KL."""
+"""Reference computations for the tests (not part of the library): Monte-Carlo KL, and the
+gradient of an exact value in the parameter groups the estimators report."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 from typing import NamedTuple
 
 import torch
+
+from pyrovae.inference.statistics import parameter_groups
 
 
 class KLEstimate(NamedTuple):
@@ -21,3 +24,13 @@ def monte_carlo_kl(q, p, num_samples: int) -> KLEstimate:
     z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
     terms = q.log_prob(z) - p.log_prob(z)
     return KLEstimate(terms.mean(0), terms.std(0) / math.sqrt(num_samples))
+
+
+def exact_gradients(pair, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d value / d parameters, flattened per parameter group (as ``shared_draws`` does)."""
+    groups = parameter_groups(pair)
+    params = [p for group in groups.values() for p in group]
+    grads = torch.autograd.grad(value, params, allow_unused=True)
+    grads = iter([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+    return {name: torch.cat([next(grads).reshape(-1) for _ in group])
+            for name, group in groups.items()}

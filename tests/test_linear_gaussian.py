@@ -11,24 +11,15 @@ exceeds the Bonferroni limit t(1e-5 / (2 m)) (family-wise rate <= 1e-5). Seeds a
 import pyro
 import pytest
 import torch
+from reference import exact_gradients
 
 from pyrovae.inference.check_kl import shared_draws
-from pyrovae.inference.statistics import parameter_groups, student_t_quantile
+from pyrovae.inference.statistics import student_t_quantile
 from pyrovae.models.linear_gaussian import make_linear_gaussian
 
 NAMES = ("analytic", "trace")
 DRAWS = 400
 Z_LIMIT = 4.5
-
-
-def exact_gradients(vae, value: torch.Tensor) -> dict[str, torch.Tensor]:
-    """d value / d parameters, flattened per parameter group (as ``shared_draws`` does)."""
-    groups = parameter_groups(vae)
-    params = [p for group in groups.values() for p in group]
-    grads = torch.autograd.grad(value, params, allow_unused=True)
-    grads = iter([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
-    return {name: torch.cat([next(grads).reshape(-1) for _ in group])
-            for name, group in groups.items()}
 
 
 def test_exact_formulas_hold_together(linear_gaussian):

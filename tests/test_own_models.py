@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from reference import exact_gradients
 
 from pyrovae.inference.check_kl import check_kl, shared_draws
 from pyrovae.inference.compare import EstimatorSpec, compare_estimators, format_table
@@ -178,15 +179,6 @@ def test_bad_pairs_get_clear_errors():
 
 
 # ---- exact answers: the linear-Gaussian pair of functions -----------------------------
-
-def exact_gradients(pair, value):
-    groups = parameter_groups(pair)
-    params = [p for group in groups.values() for p in group]
-    grads = torch.autograd.grad(value, params, allow_unused=True)
-    grads = iter([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
-    return {name: torch.cat([next(grads).reshape(-1) for _ in group])
-            for name, group in groups.items()}
-
 
 def test_groups_of_a_pair_of_functions_are_guide_and_model(pca_data):
     groups = parameter_groups(pca_pair(pca_data))
