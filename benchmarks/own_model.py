@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import device_name  # noqa: E402
 from pyrovae import DeviceBatches, Trainer, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.training.trainer import resolve_device  # noqa: E402
 
@@ -111,22 +111,6 @@ class PyrovaeTrainer(Variant):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> list[dict]:

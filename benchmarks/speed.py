@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import device_name  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.training.trainer import resolve_device  # noqa: E402
 
@@ -273,12 +273,6 @@ VARIANTS = {
     "matmul_floor": matmul_floor,
 }
 CUDA_ONLY = {"pyrovae_fast", "torch_graph"}  # on the CPU: same as eager, or impossible
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def main(argv=None) -> list[dict]:
