@@ -71,13 +71,13 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
     with locked_run_dir(run_dir) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:  # a --force run killed before its first checkpoint: undo it
             recover_set_aside(run_dir)
-        config = _check_run_dir(config, run_dir, resume, force)  # every rank; reads only
+        config, replaces = _check_run_dir(config, run_dir, resume, force)  # reads only
         device = distributed.device_for(ctx, resolve_device(config.device))
         ctx = replace(ctx, seed=config.seed)
         created = distributed.init(ctx, device, config.dist_timeout)
         try:
             distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
-            return _train(config, run_dir, resume, force, progress, ctx, device)
+            return _train(config, run_dir, resume, replaces, progress, ctx, device)
         except RuntimeError as error:
             if ctx.enabled and not isinstance(error, NonFiniteLossError):
                 logger.error("rank %d of %d: training failed", ctx.rank, ctx.world_size,
@@ -88,10 +88,10 @@ def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool =
             distributed.shutdown(created)
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progress,
+def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, progress,
            ctx: distributed.Distributed, device: torch.device) -> Path:
-    """:func:`train_run` once the folder is checked and the process group (if any) joined;
-    rank 0 alone writes."""
+    """:func:`train_run` once the folder is checked (``replaces``: old run files are set
+    aside) and the process group (if any) joined; rank 0 alone writes."""
     pyro.set_rng_seed(config.seed)
     job = job_for(config, device)
     if config.download and ctx.enabled:  # rank 0 downloads; the others then read the files
@@ -117,7 +117,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
     aside = None
     if ctx.is_main:
         prepare_run_dir(run_dir)
-        if not resume and check_new_run_dir(run_dir, force):  # replaced: set aside, not lost
+        if replaces:  # the old run is set aside, not lost
             aside = set_aside_run(run_dir)
         callbacks = [SaveCheckpoint(checkpoint, config, job.data_shape),
                      ReplaceSetAside(run_dir, aside), MetricsLog(run_dir), *callbacks]
@@ -140,8 +140,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, force: bool, progre
 
 
 def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: bool
-                   ) -> TrainConfig:
-    """The config to train in ``run_dir`` (the saved one when resuming); writes nothing."""
+                   ) -> tuple[TrainConfig, bool]:
+    """The config to train in ``run_dir`` (the saved one when resuming), and whether the new
+    run replaces old run files (``--force``, or a half-made folder); writes nothing."""
     if resume:
         if not (run_dir / "checkpoint.pt").is_file():
             raise ValueError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; start "
@@ -149,6 +150,5 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: bool
         saved = TrainConfig.load(run_dir / "config.json")
         for name in RESUME_FIELDS:
             setattr(saved, name, getattr(config, name))
-        return saved.validate()
-    check_new_run_dir(run_dir, force)
-    return config
+        return saved.validate(), False
+    return config, check_new_run_dir(run_dir, force)

@@ -146,20 +146,9 @@ class UserModelJob(VAEJob):
         pair.load_state_dict(state)
         return pair.eval()
 
-    def sample(self, run_dir: Path, n: int | None = None, out: Path | None = None,
-               seed: int = 0, given: str | None = None, rows: int | None = None) -> str:
-        """``n`` (default 64) means of P(X|z), z ~ P(z), from the model's own data site."""
-        if given is not None:
-            raise ValueError(f"--given completes inputs of a cvae run; {run_dir} holds a "
-                             f"{self.config.model} run")
-        n = 64 if n is None else n
-        if n < 1:
-            raise ValueError(f"-n must be >= 1, got {n}")
-        pair, test_x = self.test_pair(run_dir)
-        torch.manual_seed(seed)
-        path = plots.plot_samples(Generator(pair, test_x), out or Path(run_dir) / "figures"
-                                  / "samples.png", n=n)
-        return f"wrote {n} samples to {path}"
+    def sampler(self, run_dir: Path) -> Generator:
+        """Samples are means of P(X|z), z ~ P(z), from the model's own data site."""
+        return Generator(*self.test_pair(run_dir))
 
     def test_pair(self, run_dir: Path) -> tuple[PyroPair, torch.Tensor]:
         pair = self.load(run_dir)

@@ -106,11 +106,17 @@ class VAEJob(Job):
         """``n`` (default 64) decoder means of z ~ P(z) on a grid, to ``out`` (default
         ``RUN_DIR/figures/samples.png``)."""
         if given is not None:
-            raise ValueError(f"--given completes inputs of a cvae run; {run_dir} holds a vae")
+            raise ValueError(f"--given completes inputs of a cvae run; {run_dir} holds a "
+                             f"{self.config.model}")
         n = 64 if n is None else n
         if n < 1:
             raise ValueError(f"-n must be >= 1, got {n}")
-        vae = self.load(run_dir)
+        sampler = self.sampler(run_dir)
         torch.manual_seed(seed)
-        path = plots.plot_samples(vae, out or Path(run_dir) / "figures" / "samples.png", n=n)
+        path = plots.plot_samples(sampler, out or Path(run_dir) / "figures" / "samples.png",
+                                  n=n)
         return f"wrote {n} samples to {path}"
+
+    def sampler(self, run_dir: Path):
+        """What :meth:`sample` draws from: an object with ``sample(n)`` (the trained VAE)."""
+        return self.load(run_dir)
