@@ -39,8 +39,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.machine import device_name  # noqa: E402
 from pyrovae import DeviceBatches, Trainer, evaluate_elbo, load_dataset  # noqa: E402
+from pyrovae.components.machine import device_name  # noqa: E402
 from pyrovae.training.trainer import resolve_device  # noqa: E402
 
 

@@ -46,8 +46,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import device_name  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
+from pyrovae.components.machine import device_name  # noqa: E402
 from pyrovae.training.trainer import resolve_device  # noqa: E402
 
 Z_DIM, LR, PIXELS = 50, 1e-3, 784

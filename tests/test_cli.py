@@ -52,7 +52,7 @@ def nan_dataset():
     (["--dataset", "svhn"], "dataset must be one of digits, fashion-mnist, kmnist, mnist; "
                             "got 'svhn'"),
     (["--sigma", "0"], "sigma must be a finite number > 0, got 0.0"),
-    (["--z-dim", "0"], "z_dim must be an integer >= 1, got 0"),
+    (["--z-dim", "0"], "z_dim must be an integer in [1, 1048576], got 0"),
     (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
     (["--batch-size", "5000"], "batch_size 5000 is larger than the data set (1497"),
     (["--likelihood", "bernoulli"], "likelihood 'bernoulli' needs data in {0, 1} (binary); "

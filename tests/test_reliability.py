@@ -4,14 +4,17 @@ it needs a second process or a kill. (The resume-equality case for every estimat
 test_training.py.)
 """
 
+import errno
 import gzip
 import json
 import math
+import os
 import random
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -73,7 +76,8 @@ def test_a_second_training_process_on_a_busy_folder_is_refused(tmp_path):
         first.kill()
         first.wait()
     # the kernel dropped the lock with the process: the folder resumes
-    resumed = pyrovae("train", "--out", run, "--resume", "--epochs", "1", *FAST)
+    trained = len((run / "metrics.jsonl").read_text().splitlines())
+    resumed = pyrovae("train", "--out", run, "--resume", "--epochs", trained + 1, *FAST)
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -235,3 +239,167 @@ def test_evaluate_prints_its_result_before_a_write_that_fails(run, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["test_elbo"] < 0  # the result is not lost
     assert captured.err.count("\n") == 1 and "evaluation.json" in captured.err, captured.err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--z-dim", str(10 ** 12)], "z_dim must be an integer in [1, 1048576]"),
+    (["train", "--epochs", str(2 ** 70)], "epochs must be an integer in [1, 1000000]"),
+    (["train", "--hidden", "8", str(10 ** 9)],
+     "hidden must be one or more integers in [1, 1048576]; got [8, "),
+    (["train", "--particles", str(10 ** 9)], "particles must be an integer in [1, 10000]"),
+    (["sample", "RUN", "-n", str(10 ** 9)], "-n must be an integer in [1, 10000]"),
+])
+def test_sizes_beyond_reason_are_refused_up_front(run, capsys, argv, message):
+    argv = [str(run) if a == "RUN" else a for a in argv]
+    out = ["--out", str(run.parent / "new"), "--quiet"] if argv[0] == "train" else []
+    before = snapshot(run)
+    assert main([*argv, *out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert snapshot(run) == before and not (run.parent / "new").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("hidden", 256, "config field hidden must be a list of integers; got 256"),
+    ("z_dim", [2], "config field z_dim must be an integer; got [2]"),
+    ("clip_norm", "none", 'config field clip_norm must be a number or null; got "none"'),
+    ("hidden", None, "differs from the config its checkpoint was trained with (in hidden)"),
+])
+def test_a_hand_edited_config_of_the_wrong_type_or_a_missing_field_is_one_line(
+        run, capsys, field, value, message):
+    config = json.loads((run / "config.json").read_text())
+    if value is None:
+        del config[field]  # the default, [256], is not what the run trained with ([8])
+    else:
+        config[field] = value
+    write_json(run / "config.json", config)
+    for argv in (["evaluate", str(run)], ["sample", str(run)],
+                 ["train", "--out", str(run), "--resume", "--epochs", "3"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_writes_nothing(run, capsys):
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has trained 2 epochs, more than --epochs 1" in err and err.count("\n") == 1, err
+    assert snapshot(run) == before
+
+
+def test_resume_without_epochs_keeps_the_saved_total(run, capsys):
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert "trained 2 epochs" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "1"], "--lr 1.0 differs from its 0.003"),
+    (["--hidden", "16"], "--hidden [16] differs from its [8]"),
+    (["--config", "c.json"], "takes neither --config nor --force"),
+])
+def test_resume_refuses_a_changed_setting(run, capsys, flags, message):
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert snapshot(run) == before
+
+
+def test_a_resumed_run_keeps_the_environment_of_every_session(run):
+    first = json.loads((run / "environment.json").read_text())
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["earlier"] == [first] and environment["torch"] == torch.__version__
+
+
+def test_non_finite_event_lines_survive_a_resume(run):
+    event = {"event": "non_finite", "epoch": 3, "step": 4, "bad_steps": 1, "steps": 4,
+             "action": "stopped"}  # what an epoch 3 stopped by the NaN guard appended
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(event) + "\n")
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m.get("event", m["epoch"]) for m in lines] == [1, 2, "non_finite", 3]
+
+
+def test_sample_out_may_be_a_folder_and_must_otherwise_be_a_png(run, capsys):
+    folder = run.parent / "figs"
+    folder.mkdir()
+    assert main(["sample", str(run), "--out", str(folder)]) == 0
+    assert (folder / "samples.png").stat().st_size > 0
+    assert str(folder / "samples.png") in capsys.readouterr().out
+    assert main(["sample", str(run), "--out", str(run.parent / "x.pdf")]) == 2
+    assert "must name a .png file or an existing folder" in capsys.readouterr().err
+
+
+def test_a_killed_writers_temporary_file_goes_at_the_next_write_of_that_file(run):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    torn = run / f".evaluation.json.{dead}.abcd1234.tmp"  # a SIGKILLed evaluate's
+    live = run / f".evaluation.json.{os.getpid()}.efgh5678.tmp"  # a writer still running
+    torn.write_text("{")
+    live.write_text("{")
+    assert main(["evaluate", str(run)]) == 0
+    assert not torn.exists() and live.exists()
+    assert json.loads((run / "evaluation.json").read_text())["test_elbo"] < 0
+
+
+def _fail_fsync(monkeypatch, after: int = 0):
+    """``os.fsync`` raises ENOSPC (a full disk) from its ``after + 1``-th call on."""
+    calls = {"n": 0}
+    real = os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_full_disk_during_evaluate_prints_the_result_and_keeps_the_old_file(
+        run, capsys, monkeypatch):
+    assert main(["evaluate", str(run)]) == 0
+    old = (run / "evaluation.json").read_bytes()
+    capsys.readouterr()
+    _fail_fsync(monkeypatch)
+    assert main(["evaluate", str(run), "--seed", "1"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["seed"] == 1  # printed: the result is not lost
+    assert captured.err.count("\n") == 1 and "No space left on device" in captured.err and \
+        str(run / "evaluation.json") in captured.err, captured.err
+    assert (run / "evaluation.json").read_bytes() == old
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_full_disk_during_training_keeps_the_last_checkpoint_and_resumes_exactly(
+        finished, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "full"
+    _fail_fsync(monkeypatch, after=4)  # config, environment, metrics, epoch 1's checkpoint
+    assert main(["train", "--out", str(run), "--epochs", "2", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and \
+        str(run / "checkpoint.pt") in err, err
+    assert not list(run.glob(".*.tmp"))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    monkeypatch.undo()
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
+    bounds = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+               for line in (folder / "metrics.jsonl").read_text().splitlines()]
+              for folder in (run, finished)]
+    assert bounds[0] == bounds[1]  # the same numbers as a run the full disk never hit
+
+
+def test_a_read_only_folder_is_one_line_naming_the_file(run, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["sample", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Read-only file system" in err and \
+        str(run / "figures" / "samples.png") in err, err

@@ -81,9 +81,23 @@ def load_checkpoint(path: Path, config: TrainConfig | None = None) -> dict:
         current = config.to_dict()
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise ValueError(f"checkpoint {path} was written for another config "
-                             f"(differs in {', '.join(diff)})")
+            raise ConfigMismatch(path, diff)
     return state
+
+
+class ConfigMismatch(ValueError):
+    """A checkpoint checked against a config it was not trained with; ``fields`` differ."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = Path(path), list(fields)
+        super().__init__(f"checkpoint {path} was written for another config (differs in "
+                         f"{', '.join(fields)})")
+
+    def edited(self) -> ValueError:
+        """The error to show when the config came from the run folder's ``config.json``."""
+        return ValueError(f"{self.path.parent / 'config.json'} differs from the config its "
+                          f"checkpoint was trained with (in {', '.join(self.fields)}); was it "
+                          "edited? Restore it, or train a new run with the new settings")
 
 
 def _read(path: Path, load):

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder (default: a new folder under "
                        "runs/)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from "
-                       "its checkpoint (with its saved config; --epochs sets the new total)")
+                       "its checkpoint, with its saved config (--epochs sets a new total, "
+                       "--device and --dist-timeout may change; other flags must match)")
     train.add_argument("--force", action="store_true", help="overwrite the run files of an "
                        "existing --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -171,15 +172,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"--config {args.config} must hold a JSON object")
         values = migrate(values)
-    given = {k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not None}
+    given = _given_fields(args)
     if "model_options" in given:  # KEY=VALUE pairs, added to the --config file's
-        given["model_options"] = {**values.get("model_options", {}),
-                                  **dict(given["model_options"])}
+        given["model_options"] = {**values.get("model_options", {}), **given["model_options"]}
+    values.update(given)
+    return TrainConfig.from_dict(values)
+
+
+def _given_fields(args: argparse.Namespace) -> dict:
+    """The config fields given as flags, as the config holds them (lists of ``.py`` paths
+    absolute; ``model_options`` a dict)."""
+    given = {k: getattr(args, k) for k in CONFIG_FIELDS if getattr(args, k) is not None}
     for name in ("plugin", "model"):  # .py paths made absolute: later commands run elsewhere
         if name in given:
             given[name] = _absolute_py_paths(given[name])
-    values.update(given)
-    return TrainConfig.from_dict(values)
+    if "model_options" in given:
+        given["model_options"] = dict(given["model_options"])
+    return given
 
 
 def _absolute_py_paths(value):
@@ -194,17 +203,24 @@ def _absolute_py_paths(value):
 
 
 def _train(args) -> int:
+    from pyrovae.runs.folders import read_jsonl
     from pyrovae.runs.train import train_run
 
     if args.removed_cvae_prior is not None:
         raise ValueError("--cvae-prior is gone: every prior serves the cvae now; use --prior "
                          "standard_normal (was fixed) or --prior conditional_normal (was "
                          "learned)")
-    config = config_from_args(args)
-    run_dir = train_run(config, args.out, resume=args.resume, force=args.force,
-                        progress=False if args.quiet else None)
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = history[-1]
+    progress = False if args.quiet else None
+    if args.resume:
+        if args.config is not None or args.force:
+            raise ValueError("--resume takes neither --config nor --force (it continues the "
+                             "run's saved config)")
+        run_dir = train_run(None, args.out, resume=True, progress=progress,
+                            changes=_given_fields(args))
+    else:
+        run_dir = train_run(config_from_args(args), args.out, force=args.force,
+                            progress=progress)
+    last = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "event" not in m][-1]
     print(f"trained {last['epoch']} epochs: train ELBO {last['train_elbo']:.2f}, test ELBO "
           f"{last['test_elbo']:.2f} nats per datum; run folder {run_dir}")
     return 0

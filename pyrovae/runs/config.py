@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,9 @@ from pyrovae.runs.plugins import load_plugins
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.trainer import check_kl_weight
 
+MAX_WIDTH = 2 ** 20  # z_dim, hidden widths, mixture components: a 784 x 2**20 layer is 3 GB
+MAX_EPOCHS = 10 ** 6  # about a day at the digits' 0.1 s per epoch
+MAX_COUNT = 10 ** 4  # particles and flow steps
 REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
 RENAMED_VALUES = {"elbo": {"meanfield": "analytic"}}  # one estimator, once two names
 
@@ -134,14 +139,18 @@ class TrainConfig:
         for name in ("dataset", "likelihood", "prior", "guide", "activation", "elbo",
                      "stepper", "compile", "on_nan", "binarize"):
             check_one_of(getattr(self, name), name, _choices(name))
-        for name in ("z_dim", "epochs", "batch_size", "particles", "components", "flow_steps"):
-            check_int(getattr(self, name), name)
+        for name, most in (("z_dim", MAX_WIDTH), ("components", MAX_WIDTH),
+                           ("epochs", MAX_EPOCHS), ("particles", MAX_COUNT),
+                           ("flow_steps", MAX_COUNT), ("batch_size", None)):
+            check_int(getattr(self, name), name, maximum=most)
         check_seed(self.seed)
         for name in ("sigma", "lr", "dist_timeout") + \
                 (("clip_norm",) if self.clip_norm is not None else ()):
             check_positive_float(getattr(self, name), name)
-        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be one or more integers >= 1; got {self.hidden!r}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int)
+                                  or not 1 <= h <= MAX_WIDTH for h in self.hidden):
+            raise ValueError(f"hidden must be one or more integers in [1, {MAX_WIDTH}]; got "
+                             f"{self.hidden!r}")
         check_alpha(self.alpha)
         check_bool(self.score_function, "score_function")
         check_kl_weight(self.beta, self.kl_warmup, self.build_estimator())
@@ -193,6 +202,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config field(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
+        for name, value in values.items():
+            _check_type(name, value)
         return cls(**values).validate()
 
     @classmethod
@@ -207,12 +218,46 @@ class TrainConfig:
         return cls.from_dict(migrate(values))
 
 
+def _check_type(name: str, value) -> None:
+    """``ValueError`` unless ``value`` has the JSON type of field ``name`` (a hand-edited
+    config.json with ``"hidden": 256`` or ``"z_dim": [2]`` gets a message, not a crash)."""
+    hint = FIELD_TYPES[name]
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union,
+                                                                   types.UnionType) else (hint,)
+    if any(_has_type(value, option) for option in options):
+        return
+    wanted = " or ".join(_TYPE_NAMES.get(o, getattr(o, "__name__", str(o))) for o in options)
+    raise ValueError(f"config field {name} must be {wanted}; got {json.dumps(value)}")
+
+
+def _has_type(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (element,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, element) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               type(None): "null", list[int]: "a list of integers",
+               list[str]: "a list of strings", dict[str, Any]: "an object"}
+
+
 def _choices(name: str) -> list[str]:
     choices = CONFIG_FIELDS[name].metadata["choices"]
     return choices()
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
 CONFIG_DEFAULTS = TrainConfig().to_dict()
 
 

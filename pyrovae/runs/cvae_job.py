@@ -44,6 +44,7 @@ from pyrovae.training.trainer import Trainer, resolve_device
 BASELINE_FILE = "baseline.pt"
 ROWS = 8    # test inputs in completions.png
 DRAWS = 6   # CVAE draws per input in the run's figures
+MAX_DRAWS = 100  # draws per input, and inputs, in one figure of `pyrovae sample`
 
 
 def build_cvae(config: TrainConfig, condition: Condition) -> CVAE:
@@ -189,7 +190,11 @@ class CVAEJob(Job):
         """``n`` (default 6) CVAE draws for each of the first ``rows`` (default 8) inputs of
         the ``given`` split (default test) into the folder ``out`` (default
         ``RUN_DIR/figures``)."""
-        draws = DRAWS if n is None else check_int(n, "-n")
+        draws = DRAWS if n is None else check_int(n, "-n", maximum=MAX_DRAWS)
+        check_int(ROWS if rows is None else rows, "--rows", maximum=MAX_DRAWS)
+        if out is not None and out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} must be a folder for a cvae run (it writes "
+                             "completions.png there)")
         run = self.load(run_dir)
         data = load_cvae_data(run)
         images, labels = (data.test_x, data.test_y) if given in (None, "test") \

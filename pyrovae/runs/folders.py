@@ -8,7 +8,8 @@ A run folder holds::
     checkpoint.pt      model, optimiser, RNG states, epoch, history, config (every epoch;
                        :mod:`pyrovae.runs.checkpoints`)
     figures/*.png      written by the run's job when training ends
-    environment.json   versions of pyrovae, Pyro, torch, Python; the device
+    environment.json   versions of pyrovae, Pyro, torch, Python; the device (and, under
+                       ``earlier``, those of the sessions before a ``--resume``)
     evaluation.json    written by ``pyrovae evaluate``
     .pyrovae.lock      locked by the process that trains in the folder (:func:`locked_run_dir`)
 
@@ -21,18 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import json
 import math
 import os
 import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pyro
 import torch
 
 import pyrovae
+from pyrovae.components.machine import cpu_model
 
 try:  # POSIX: the run-folder lock
     import fcntl
@@ -46,19 +50,60 @@ RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "checkpoint.pt"
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename."""
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename.
+
+    The temporary file's name carries the writer's process id: one left by a process that
+    was killed (``SIGKILL`` cannot be caught) is removed by the next write of the same file.
+    An ``OSError`` (disk full, read-only folder) names ``path``; the old file stays whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_torn(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
+    except OSError as error:
+        raise _naming(error, path) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _naming(error, path) from error
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name (an fsync's ENOSPC names no file)."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
+
+
+def remove_torn(folder: Path, name: str | None = None) -> None:
+    """Remove the temporary files of :func:`atomic_write` (of the file ``name``, or of any)
+    in ``folder`` whose writer is no longer running; a live writer's file is left alone."""
+    for torn in Path(folder).glob(f".{glob.escape(name) if name else '*'}.*.tmp"):
+        if not _writer_alive(torn.name):
+            torn.unlink(missing_ok=True)
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process named in ``.NAME.PID.XXXXXXXX.tmp`` runs on this machine (a name
+    of the older form, without a process id, counts as dead)."""
+    parts = tmp_name[:-len(".tmp")].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def json_safe(value):
@@ -84,9 +129,32 @@ def write_json(path: Path, value) -> None:
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    """Rewrite metrics.jsonl from the checkpoint's history (drops lines past a crash)."""
-    text = "".join(to_json(m) + "\n" for m in history)
+    """Rewrite metrics.jsonl from the checkpoint's history: epoch lines written after the
+    last checkpoint by a run that crashed go; event lines (a ``non_finite`` stop: they have
+    an ``event`` field) stay, each before the epoch whose attempt it records."""
+    events = [e for e in read_jsonl(run_dir / "metrics.jsonl") if "event" in e]
+    lines = sorted([*events, *history],
+                   key=lambda m: (m.get("epoch", 0), 0 if "event" in m else 1))
+    text = "".join(to_json(m) + "\n" for m in lines)
     atomic_write(run_dir / "metrics.jsonl", lambda f: f.write(text.encode()))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, one per line (``[]`` if there is no file; a
+    torn last line, as a kill mid-write leaves, is skipped)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def default_run_dir(config) -> Path:
@@ -157,6 +225,18 @@ def recover_set_aside(run_dir: Path) -> None:
         put_back(Path(run_dir), aside)
 
 
+def wait_for_recovery(run_dir: Path, timeout_s: float) -> None:
+    """Wait until no set-aside run is left in ``run_dir``: under torchrun the other ranks
+    read the folder only once rank 0's :func:`recover_set_aside` has finished. (Rank 0
+    sets a run aside again only after every rank has checked the folder.)"""
+    deadline = time.monotonic() + timeout_s
+    while (Path(run_dir) / REPLACED).exists():
+        if time.monotonic() > deadline:
+            raise ValueError(f"{run_dir / REPLACED} is still there after {timeout_s:g} s: "
+                             "rank 0 did not recover the run that --force set aside")
+        time.sleep(0.05)
+
+
 def drop_set_aside(aside: Path) -> None:
     """The new run has its first checkpoint: the old one set aside goes."""
     shutil.rmtree(aside, ignore_errors=True)
@@ -200,11 +280,10 @@ def locked_run_dir(run_dir: Path):
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir``; remove the temporary files a run killed in the middle of a write
-    left behind."""
+    """Create ``run_dir``; remove the temporary files a process killed in the middle of a
+    write left behind."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for torn in run_dir.glob(".*.tmp"):
-        torn.unlink()
+    remove_torn(run_dir)
 
 
 def environment(device: torch.device, world_size: int = 1) -> dict:
@@ -214,8 +293,22 @@ def environment(device: torch.device, world_size: int = 1) -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        else cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "world_size": world_size,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def environment_with_history(run_dir: Path, current: dict) -> dict:
+    """``current`` (an :func:`environment`) with the run's earlier sessions under
+    ``earlier`` (oldest first), read from ``run_dir/environment.json``: a resumed run keeps
+    the record of every machine and version that trained it."""
+    try:
+        old = json.loads((Path(run_dir) / "environment.json").read_text())
+    except (OSError, ValueError):
+        return current
+    if not isinstance(old, dict):
+        return current
+    earlier = old.pop("earlier", [])
+    return {**current, "earlier": [*(earlier if isinstance(earlier, list) else []), old]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyrovae.runs import cvae_job, user_job, vae_job  # noqa: F401  (register their kinds)
-from pyrovae.runs.checkpoints import load_checkpoint
+from pyrovae.runs.checkpoints import ConfigMismatch, load_checkpoint
 from pyrovae.runs.config import TrainConfig, load_config
 from pyrovae.runs.job import Job, job_class
 from pyrovae.training.trainer import resolve_device
@@ -34,13 +34,8 @@ def job_for_run(run_dir: str | Path, device="cpu") -> Job:
     if checkpoint.is_file():
         try:
             load_checkpoint(checkpoint, config)
-        except ValueError as error:
-            if "written for another config" not in str(error):
-                raise
-            differs = str(error).split("(differs in ", 1)[-1].rstrip(")")
-            raise ValueError(f"{Path(run_dir) / 'config.json'} differs from the config its "
-                             f"checkpoint was trained with (in {differs}); was it edited? "
-                             "Restore it, or train a new run with the new settings") from None
+        except ConfigMismatch as error:
+            raise error.edited() from None
     return job_for(config, device)
 
 

@@ -20,6 +20,19 @@ from torchvision.utils import make_grid
 from pyrovae.models.vae import VAE
 from pyrovae.runs.folders import atomic_write
 
+MAX_IMAGES = 10_000  # images in one figure: a grid of 100 x 100
+
+
+def figure_path(out: str | Path, default_name: str) -> Path:
+    """Where a figure asked for with ``--out`` goes: ``out`` itself when it names a ``.png``
+    file, ``out/default_name`` when it is an existing folder; ``ValueError`` otherwise."""
+    out = Path(out)
+    if out.is_dir():
+        return out / default_name
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out} must name a .png file or an existing folder")
+    return out
+
 
 def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
     """Tile ``(N, C, H, W)`` images (values in [0, 1]) on ``rows`` rows with

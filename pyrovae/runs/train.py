@@ -18,17 +18,19 @@ import torch
 
 from pyrovae.components.data import check_batch_size, load_dataset
 from pyrovae.runs.callbacks import MetricsLog, ReplaceSetAside, SaveCheckpoint
-from pyrovae.runs.checkpoints import RESUME_FIELDS, load_checkpoint
+from pyrovae.runs.checkpoints import RESUME_FIELDS, ConfigMismatch, load_checkpoint
 from pyrovae.runs.config import TrainConfig
 from pyrovae.runs.folders import (
     check_new_run_dir,
     default_run_dir,
     environment,
+    environment_with_history,
     locked_run_dir,
     prepare_run_dir,
     put_back,
     recover_set_aside,
     set_aside_run,
+    wait_for_recovery,
     write_json,
 )
 from pyrovae.runs.jobs import job_for
@@ -48,30 +50,42 @@ class RunInterrupted(KeyboardInterrupt):
                          f"complete: continue with --resume --out {run_dir}")
 
 
-def train_run(config: TrainConfig, out: str | Path | None = None, resume: bool = False,
-              force: bool = False, progress: bool | None = None) -> Path:
+def train_run(config: TrainConfig | None, out: str | Path | None = None,
+              resume: bool = False, force: bool = False, progress: bool | None = None,
+              changes: dict | None = None) -> Path:
     """Train ``config`` into the run folder ``out`` and return the folder.
 
-    ``resume`` continues from ``out/checkpoint.pt`` with the saved config (``epochs`` and
-    ``device`` taken from ``config``), reproducing on the CPU the numbers of an uninterrupted
-    run. An existing run folder is refused unless ``resume`` or ``force`` (which deletes its
-    run files). Every input is checked before anything is written.
+    ``resume`` continues from ``out/checkpoint.pt`` with the saved config, reproducing on
+    the CPU the numbers of an uninterrupted run: ``epochs``, ``device`` and ``dist_timeout``
+    (:data:`~pyrovae.runs.checkpoints.RESUME_FIELDS`) come from ``config``; or, with
+    ``config=None``, from ``changes`` (the fields a user gave; those not given keep their
+    saved values, and any other field given must equal its saved value). A total of
+    ``epochs`` below those trained is refused. An existing run folder is refused unless
+    ``resume`` or ``force`` (which sets the old run aside until the new one has written its
+    first checkpoint). Every input is checked before anything is written.
 
     A first SIGINT (Ctrl-C) finishes the current epoch, writes its checkpoint and raises
     :class:`RunInterrupted`; a second one interrupts at once (the last checkpoint stays).
     """
     ctx = distributed.from_environment()
-    if ctx.enabled and out is None:
-        raise ValueError(f"pass --out when training on {ctx.world_size} ranks: every rank "
+    if out is None and (ctx.enabled or resume):
+        raise ValueError("--resume needs --out RUN_DIR" if resume else
+                         f"pass --out when training on {ctx.world_size} ranks: every rank "
                          "must name the same run folder")
-    config.validate()
+    if config is None and not resume:
+        raise ValueError("train_run needs a config (only a resumed run takes its saved one)")
+    if config is not None:
+        config.validate()
+        changes = {name: getattr(config, name) for name in RESUME_FIELDS}
     run_dir = Path(out) if out is not None else default_run_dir(config)
     # rank 0 holds the folder's lock from the checks to the end: a second process on it is
     # refused (two resumes, or a --force beside a resume, would mix their files)
     with locked_run_dir(run_dir) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:  # a --force run killed before its first checkpoint: undo it
             recover_set_aside(run_dir)
-        config, replaces = _check_run_dir(config, run_dir, resume, force)  # reads only
+        else:  # ...before this rank reads the folder
+            wait_for_recovery(run_dir, 600.0 if config is None else config.dist_timeout)
+        config, replaces = _check_run_dir(config, run_dir, resume, force, changes or {})
         device = distributed.device_for(ctx, resolve_device(config.device))
         ctx = replace(ctx, seed=config.seed)
         created = distributed.init(ctx, device, config.dist_timeout)
@@ -110,8 +124,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
                       kl_warmup=config.kl_warmup, distributed=ctx)
     checkpoint = run_dir / "checkpoint.pt"
     if resume:
-        state = load_checkpoint(checkpoint, config)["trainer"]
+        try:  # config is the run's config.json
+            state = load_checkpoint(checkpoint, config)["trainer"]
+        except ConfigMismatch as error:
+            raise error.edited() from None
         trainer.load_state_dict({**state, "model": job.upgrade_state(state["model"])})
+        if config.epochs < trainer.epoch:
+            raise ValueError(f"--resume: {run_dir} has trained {trainer.epoch} epochs, more "
+                             f"than --epochs {config.epochs}; pass a larger total to train on"
+                             " (or none, to finish the run as configured)")
         logger.info("resumed %s at epoch %d", run_dir, trainer.epoch)
     callbacks = [StopOnSigint()]
     aside = None
@@ -124,7 +145,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
     try:
         if ctx.is_main:
             write_json(run_dir / "config.json", config.to_dict())
-            write_json(run_dir / "environment.json", environment(device, ctx.world_size))
+            now = environment(device, ctx.world_size)
+            write_json(run_dir / "environment.json",
+                       environment_with_history(run_dir, now) if resume else now)
     except BaseException:
         if aside is not None:
             put_back(run_dir, aside)
@@ -139,16 +162,26 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
     return run_dir
 
 
-def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, force: bool
-                   ) -> tuple[TrainConfig, bool]:
-    """The config to train in ``run_dir`` (the saved one when resuming), and whether the new
-    run replaces old run files (``--force``, or a half-made folder); writes nothing."""
-    if resume:
-        if not (run_dir / "checkpoint.pt").is_file():
-            raise ValueError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; start "
-                             "a new run without --resume")
-        saved = TrainConfig.load(run_dir / "config.json")
-        for name in RESUME_FIELDS:
-            setattr(saved, name, getattr(config, name))
-        return saved.validate(), False
-    return config, check_new_run_dir(run_dir, force)
+def _check_run_dir(config: TrainConfig | None, run_dir: Path, resume: bool, force: bool,
+                   changes: dict) -> tuple[TrainConfig, bool]:
+    """The config to train in ``run_dir`` (when resuming, the saved one with ``changes``:
+    see :func:`train_run`), and whether the new run replaces old run files (``--force``, or
+    a half-made folder); writes nothing."""
+    if not resume:
+        return config, check_new_run_dir(run_dir, force)
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"--resume: {run_dir} is not a pyrovae run folder (no config.json)")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise ValueError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}; start "
+                         "a new run without --resume")
+    saved = TrainConfig.load(run_dir / "config.json")
+    for name, value in changes.items():
+        if name in RESUME_FIELDS:
+            setattr(saved, name, value)
+        elif value != getattr(saved, name):
+            allowed = ", ".join("--" + f.replace("_", "-") for f in RESUME_FIELDS)
+            raise ValueError(f"--resume continues {run_dir} with its saved config: "
+                             f"--{name.replace('_', '-')} {value!r} differs from its "
+                             f"{getattr(saved, name)!r} (only {allowed} may change; start a "
+                             "new run for other settings)")
+    return saved.validate(), False

@@ -10,6 +10,7 @@ import torch
 from pyrovae.components.data import Dataset
 from pyrovae.components.priors import PRIORS
 from pyrovae.components.rng import forked_rng
+from pyrovae.components.validation import check_int
 from pyrovae.inference.evaluation import evaluate_elbo, nll_report
 from pyrovae.models.vae import VAE
 from pyrovae.runs import plots
@@ -108,13 +109,12 @@ class VAEJob(Job):
         if given is not None:
             raise ValueError(f"--given completes inputs of a cvae run; {run_dir} holds a "
                              f"{self.config.model}")
-        n = 64 if n is None else n
-        if n < 1:
-            raise ValueError(f"-n must be >= 1, got {n}")
+        n = 64 if n is None else check_int(n, "-n", maximum=plots.MAX_IMAGES)
+        path = Path(run_dir) / "figures" / "samples.png" if out is None \
+            else plots.figure_path(out, "samples.png")
         sampler = self.sampler(run_dir)
         torch.manual_seed(seed)
-        path = plots.plot_samples(sampler, out or Path(run_dir) / "figures" / "samples.png",
-                                  n=n)
+        path = plots.plot_samples(sampler, path, n=n)
         return f"wrote {n} samples to {path}"
 
     def sampler(self, run_dir: Path):

@@ -1,4 +1,5 @@
-"""What a benchmark ran on, for its table: the GPU's name, or the CPU's model and threads."""
+"""What a run or a benchmark ran on: the GPU's name, or the CPU's model and threads (for
+``environment.json`` and the benchmarks' tables)."""
 
 from __future__ import annotations
 
