@@ -32,6 +32,7 @@ from pyrovae.models.conditioning import CONDITIONS
 from pyrovae.runs.job import JOBS, USER_MODEL, is_user_model, job_class
 from pyrovae.runs.plugins import load_plugins
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
+from pyrovae.training.traced import GEMM_CHOICES
 from pyrovae.training.trainer import check_kl_weight
 
 MAX_WIDTH = 2 ** 20  # z_dim, hidden widths, mixture components: a 784 x 2**20 layer is 3 GB
@@ -104,7 +105,11 @@ class TrainConfig:
                       "pyro.optim.Adam (the reference)", choices=lambda: list(STEPPERS))
     compile: str = _f("auto", "auto: capture the fast step in a CUDA graph on CUDA when the "
                       "estimator and guide allow it (the log says which and why); graph: "
-                      "insist; none: eager", choices=lambda: list(COMPILE_MODES))
+                      "insist; trace: on the CPU, record the step once as a tensor program "
+                      "and replay it; none: eager", choices=lambda: list(COMPILE_MODES))
+    gemm: str = _f("measure", "with --compile trace: the matrix products' library, measure "
+                   "(time torch's default and oneDNN on the step's products, take the "
+                   "faster), default or onednn", choices=lambda: list(GEMM_CHOICES))
     on_nan: str = _f("stop", "on a NaN/infinite loss or gradient: stop (keep the last good "
                      "checkpoint) or skip the bad updates (fast stepper)",
                      choices=lambda: list(NAN_ACTIONS))
@@ -137,7 +142,7 @@ class TrainConfig:
         """
         load_plugins(self.plugin)
         for name in ("dataset", "likelihood", "prior", "guide", "activation", "elbo",
-                     "stepper", "compile", "on_nan", "binarize"):
+                     "stepper", "compile", "gemm", "on_nan", "binarize"):
             check_one_of(getattr(self, name), name, _choices(name))
         for name, most in (("z_dim", MAX_WIDTH), ("components", MAX_WIDTH),
                            ("epochs", MAX_EPOCHS), ("particles", MAX_COUNT),

@@ -120,8 +120,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
     test_x = distributed.shard(job.test_x, ctx, equal=False)
     trainer = Trainer(job.module, config.build_estimator(), lr=config.lr,
                       clip_norm=config.clip_norm, stepper=config.stepper,
-                      compile=config.compile, on_nan=config.on_nan, beta=config.beta,
-                      kl_warmup=config.kl_warmup, distributed=ctx)
+                      compile=config.compile, gemm=config.gemm, on_nan=config.on_nan,
+                      beta=config.beta, kl_warmup=config.kl_warmup, distributed=ctx)
     checkpoint = run_dir / "checkpoint.pt"
     if resume:
         try:  # config is the run's config.json

@@ -13,6 +13,9 @@
   traces of guide and model, the loss, backward, clipping, Adam, the loss sum) is captured once
   into a ``torch.cuda.CUDAGraph`` and replayed for every later batch, copied into a static
   buffer. Random draws come from the CUDA generator, which graphs advance on every replay.
+- The same stepper in **trace mode** (``compile="trace"``, on the CPU): the loss and its
+  gradients recorded once as a tensor program and replayed for every later batch
+  (:mod:`pyrovae.training.traced`); then Adam, clipping and the NaN guard as eagerly.
 - :class:`SVIStepper` (``stepper="svi"``): the reference, ``pyro.infer.SVI`` with
   ``pyro.optim.Adam``. ``SVI.step`` returns the loss as a Python float: one sync per step.
 
@@ -47,9 +50,10 @@ from pyrovae.inference.elbo import guess_plate_nesting
 from pyrovae.inference.estimators import Estimator
 from pyrovae.inference.pair import ModelGuidePair, as_args
 from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, ddp_loss
+from pyrovae.training.traced import TracedStep
 
 STEPPERS = ("fast", "svi")
-COMPILE_MODES = ("auto", "none", "graph")
+COMPILE_MODES = ("auto", "none", "graph", "trace")
 NAN_ACTIONS = ("stop", "skip")
 
 
@@ -155,6 +159,7 @@ class FastStepper:
         # steps, bad steps, first bad step (-1: none), on the device
         self.counters = torch.tensor([0, 0, -1], device=self.device)
         self.use_graph = False
+        self.traced: TracedStep | None = None  # trace mode: see use_trace
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_args: tuple[torch.Tensor, ...] = ()
@@ -164,11 +169,24 @@ class FastStepper:
         else:
             self._loss = lambda *args: estimator.differentiable_loss(vae.model, vae.guide, *args)
 
+    def use_trace(self, gemm: str = "measure") -> None:
+        """Trace mode: the loss and gradients recorded once and replayed
+        (:class:`~pyrovae.training.traced.TracedStep`; ``gemm`` picks the matrix products'
+        library). One process, not inside a CUDA graph."""
+        if self.distributed.enabled or self.use_graph:
+            raise ValueError("the traced step runs in one process, outside CUDA graphs")
+        self.traced = TracedStep(self._loss, self.params, gemm)
+
     def _eager_step(self, args: tuple[torch.Tensor, ...]) -> None:
         with pyro.validation_enabled(False):  # validation reads values on the host
-            loss = self._loss(*args)
-        # DDP averages gradients over the W ranks: W * loss makes the sum (module docstring)
-        (loss * self.distributed.world_size if self.distributed.enabled else loss).backward()
+            if self.traced is not None:  # sets the gradients itself
+                loss = self.traced(*args)
+            else:
+                loss = self._loss(*args)
+                # DDP averages gradients over the W ranks: W * loss makes the sum (module
+                # docstring)
+                (loss * self.distributed.world_size if self.distributed.enabled
+                 else loss).backward()
         if self.clip_norm is not None:
             clip_per_parameter(self.params, self.clip_norm)
         finite = all_finite(loss, self.params)

@@ -33,6 +33,7 @@ from pyrovae.training.steppers import (
     check_stepper_options,
     graph_capturable,
 )
+from pyrovae.training.traced import GEMM_CHOICES
 
 logger = logging.getLogger(__name__)
 __all__ = ["COMPILE_MODES", "NAN_ACTIONS", "STEPPERS", "FastStepper", "NonFiniteLossError",
@@ -86,7 +87,9 @@ class Trainer:
         particles: Monte-Carlo particles per step when ``estimator`` is a name.
         compile: ``"auto"`` (a CUDA graph of the fast step when on CUDA and the estimator
             and guide allow it, eager otherwise; the log says which and why), ``"graph"``
-            (insist: a ``ValueError`` says why when it cannot be), or ``"none"`` (eager).
+            (insist: a ``ValueError`` says why when it cannot be), ``"trace"`` (on the CPU:
+            the step recorded once as a tensor program and replayed,
+            :mod:`pyrovae.training.traced`) or ``"none"`` (eager).
         on_nan: ``"stop"`` (raise :class:`NonFiniteLossError` at the end of an epoch with a
             non-finite loss or gradient) or ``"skip"`` (leave parameters and Adam state as they
             were before such a step and carry on; ``fast`` stepper only). Checked on the
@@ -105,6 +108,10 @@ class Trainer:
             data and report metrics over all ranks, and each epoch reseeds the RNG from
             (seed, epoch, rank).
         model, guide: the two programs, instead of ``pair``.
+        gemm: for ``compile="trace"``: the matrix products' library, ``"measure"`` (time
+            torch's default and oneDNN on the step's own products and take the faster; the
+            log gives the milliseconds), ``"default"`` or ``"onednn"``
+            (:mod:`pyrovae.training.gemm`).
 
     Data: ``fit`` and ``evaluate`` take a tensor ``(N, ...)`` (``model(x)``) or a tuple of
     tensors with the data along dim 0 (``model(x, y, ...)``, e.g. a condition).
@@ -127,7 +134,7 @@ class Trainer:
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
                  kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, distributed: Distributed = SINGLE, *,
-                 model=None, guide=None):
+                 model=None, guide=None, gemm: str = "measure"):
         check_lr(lr)
         if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
@@ -136,8 +143,10 @@ class Trainer:
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         check_one_of(stepper, "stepper", STEPPERS)
         check_one_of(compile, "compile", COMPILE_MODES)
-        if compile == "graph" and stepper != "fast":
-            raise ValueError(f"compile='graph' needs stepper='fast', got {stepper!r}")
+        if compile in ("graph", "trace") and stepper != "fast":
+            raise ValueError(f"compile={compile!r} needs stepper='fast', got {stepper!r}")
+        check_one_of(gemm, "gemm", GEMM_CHOICES)
+        self.gemm = gemm
         if distributed.enabled and stepper != "fast":
             raise ValueError(f"stepper {stepper!r} cannot train on several ranks; use 'fast'")
         check_one_of(on_nan, "on_nan", NAN_ACTIONS)
@@ -368,8 +377,18 @@ class Trainer:
         return param.device if param is not None else torch.device("cpu")
 
     def _choose_graph(self, x: tuple[torch.Tensor, ...]) -> None:
-        """Turn on CUDA-graph mode when ``compile`` asks for it and the step allows it."""
-        if self.compile == "none" or self.stepper.use_graph:
+        """Turn on CUDA-graph mode, or trace mode, when ``compile`` asks for it and the step
+        allows it."""
+        if self.compile == "none" or self.stepper.use_graph or \
+                getattr(self.stepper, "traced", None) is not None:
+            return
+        if self.compile == "trace":
+            if self.distributed.enabled or self.stepper.device.type != "cpu":
+                raise ValueError("compile='trace' runs in one process on the CPU (on CUDA, "
+                                 "compile='graph' captures the step)")
+            self.stepper.use_trace(self.gemm)
+            logger.info("traced training: the step is recorded on its second and third "
+                        "batches, then replayed")
             return
         if not isinstance(self.stepper, FastStepper):
             logger.info("eager training: the svi stepper is never captured")
@@ -412,13 +431,21 @@ class Trainer:
             "rng": rng_state(),
             "epoch": self.epoch,
             "history": list(self.history),
+            "gemm": self._gemm_used(),
         }
+
+    def _gemm_used(self) -> str:
+        """The matrix products' library a traced step took (or will take: ``self.gemm``)."""
+        traced = getattr(self._stepper, "traced", None)
+        return traced.gemm_used if traced is not None and traced.gemm_used else self.gemm
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`. For a pair whose parameters appear on its first call,
         the model and optimiser states wait for :meth:`prepare` (the first batch of ``fit``);
         the RNG state, epoch and history are restored at once."""
         set_rng_state(state["rng"])
+        if state.get("gemm") in ("default", "onednn"):  # the path the run took: the same
+            self.gemm = state["gemm"]                     # numbers on resume
         self.epoch = state["epoch"]
         self.history = list(state["history"])
         unseen = not self.pair.is_set_up and any(k.startswith(STORE_PREFIX)

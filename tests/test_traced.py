@@ -1,0 +1,217 @@
+"""The traced step (``compile="trace"``): the recorded program gives the eager step's loss and
+gradients bit for bit on the same generator state, for every estimator and component; it
+falls back to eager steps, with its reason, where the program changes; oneDNN's products
+agree with the default within float32 rounding."""
+
+import logging
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyrovae.components.guides import GUIDES
+from pyrovae.components.likelihoods import LIKELIHOODS
+from pyrovae.components.priors import PRIORS
+from pyrovae.inference.estimators import ESTIMATORS, build_estimator
+from pyrovae.models.vae import VAE
+from pyrovae.training import gemm
+from pyrovae.training.traced import TracedStep
+from pyrovae.training.trainer import Trainer
+
+SHAPE = (1, 4, 4)
+
+
+def batch(n=8, seed=3):
+    return torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed)) * 0.9 + 0.05
+
+
+def make_vae(seed=0, **options):
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    options = {"z_dim": 2, "hidden": (8,), **options}
+    z_dim, hidden = options.pop("z_dim"), options.pop("hidden")
+    return VAE(SHAPE, z_dim, hidden, **options)
+
+
+def loss_fn(vae, estimator):
+    def loss(*args):
+        with pyro.validation_enabled(False):
+            return estimator.differentiable_loss(vae.model, vae.guide, *args)
+    return loss
+
+
+def eager_loss_and_grads(vae, estimator, x):
+    params = list(vae.parameters())
+    for p in params:
+        p.grad = None
+    loss = loss_fn(vae, estimator)(x)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+def traced_loss_and_grads(step, vae, x):
+    params = list(vae.parameters())
+    for p in params:  # as the stepper's zero_grad(set_to_none=True)
+        p.grad = None
+    loss = step(x)
+    return loss, [p.grad.clone() for p in params]
+
+
+def replaying(vae, estimator, x, gemm_choice="default"):
+    """A TracedStep past its eager first step and its two recordings."""
+    step = TracedStep(loss_fn(vae, estimator), list(vae.parameters()), gemm_choice)
+    for _ in range(3):
+        step(x)
+    assert step.program is not None, step.status
+    return step
+
+
+def assert_same_as_eager(vae, estimator, x, step, exact=True):
+    state = torch.get_rng_state()
+    loss, grads = eager_loss_and_grads(vae, estimator, x)
+    torch.set_rng_state(state)
+    t_loss, t_grads = traced_loss_and_grads(step, vae, x)
+    if exact:
+        assert torch.equal(loss, t_loss)
+        for g, t in zip(grads, t_grads):
+            assert torch.equal(g, t)
+    else:
+        torch.testing.assert_close(t_loss, loss, rtol=1e-5, atol=1e-4)
+        for g, t in zip(grads, t_grads):
+            torch.testing.assert_close(t, g, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(torch.get_rng_state(), state)  # the replay drew fresh noise
+
+
+@pytest.mark.parametrize("name", ESTIMATORS.names())
+@pytest.mark.parametrize("score_function", [False, True])
+def test_replay_equals_the_eager_step_bit_for_bit_for_every_estimator(name, score_function):
+    if score_function and name in ("analytic", "iwae_dreg"):
+        pytest.skip(f"{name} needs pathwise gradients")
+    vae = make_vae()
+    estimator = build_estimator(name, 3 if name in ("iwae", "iwae_dreg", "renyi") else 1,
+                                score_function=score_function)
+    x = batch()
+    step = replaying(vae, estimator, x)
+    assert_same_as_eager(vae, estimator, x, step)
+
+
+@pytest.mark.parametrize("component,name", [("prior", n) for n in PRIORS.names()] +
+                         [("likelihood", n) for n in LIKELIHOODS.names()] +
+                         [("guide", n) for n in GUIDES.names()])
+def test_replay_equals_the_eager_step_for_every_registered_component(component, name):
+    if name == "conditional_normal":
+        pytest.skip("a prior P(z|X) of the cvae")
+    options = {component: name}
+    if component == "likelihood" and name == "bernoulli":
+        x = torch.bernoulli(batch())
+    else:
+        x = batch()
+    vae = make_vae(**options)
+    estimator = build_estimator("trace", 1)
+    step = replaying(vae, estimator, x)
+    assert_same_as_eager(vae, estimator, x, step)
+
+
+def test_onednn_products_agree_with_the_default_within_float32_rounding():
+    if not gemm.onednn_available():
+        pytest.skip("this torch has no oneDNN linear")
+    vae = make_vae(hidden=(64, 32))
+    estimator = build_estimator("trace", 1)
+    x = batch(n=32)
+    step = replaying(vae, estimator, x, gemm_choice="onednn")
+    assert "oneDNN" in step.status
+    assert_same_as_eager(vae, estimator, x, step, exact=False)
+    a, b, bias = torch.randn(33, 70), torch.randn(70, 17), torch.randn(17)
+    torch.testing.assert_close(gemm.onednn_mm(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gemm.onednn_addmm(bias, a.t().contiguous().t(), b),
+                               torch.addmm(bias, a, b), rtol=1e-5, atol=1e-5)
+    d = torch.randn(33, 5)  # a transposed view, as the backward pass's products take
+    torch.testing.assert_close(gemm.onednn_mm(a.t(), d), a.t() @ d, rtol=1e-5, atol=1e-5)
+
+
+def test_the_kl_weight_changed_in_place_reaches_the_replay():
+    vae = make_vae()
+    estimator = build_estimator("analytic", 1)
+    estimator.set_kl_weight(0.0)
+    x = batch()
+    step = replaying(vae, estimator, x)
+    estimator.set_kl_weight(0.7)  # as the warm-up does at an epoch's start
+    assert_same_as_eager(vae, estimator, x, step)
+
+
+class BranchingVAE(VAE):
+    """Decides on the data, on the host: its program may change from batch to batch."""
+
+    def model(self, x):
+        if x.sum() > 0:  # a host read
+            return super().model(x)
+        return super().model(x)
+
+
+class SometimesVAE(VAE):
+    """An extra site on every second call: two recordings differ."""
+
+    calls = 0
+
+    def model(self, x):
+        type(self).calls += 1
+        if type(self).calls % 2:
+            pyro.sample("extra", dist.Normal(0.0, 1.0))
+        return super().model(x)
+
+    def guide(self, x):
+        if type(self).calls % 2 == 0:  # the guide runs first: the model's next call is odd
+            pyro.sample("extra", dist.Normal(0.0, 1.0))
+        return super().guide(x)
+
+
+@pytest.mark.parametrize("cls,reason", [
+    (BranchingVAE, "reads tensor values on the host"),
+    (SometimesVAE, "different programs"),
+])
+def test_a_program_that_changes_falls_back_to_eager_with_its_reason(cls, reason, caplog):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = cls(SHAPE, 2, (8,))
+    estimator = build_estimator("trace", 1)
+    x = batch()
+    step = TracedStep(loss_fn(vae, estimator), list(vae.parameters()), "default")
+    with caplog.at_level(logging.WARNING, logger="pyrovae.training.traced"):
+        for _ in range(4):
+            step(x)
+    assert step.program is None and reason in step.failed
+    assert reason in caplog.text
+    if cls is BranchingVAE:  # still the right step: eager
+        assert_same_as_eager(vae, estimator, x, step)
+
+
+def test_a_batch_of_another_shape_runs_eagerly_and_is_right():
+    vae = make_vae()
+    estimator = build_estimator("trace", 1)
+    step = replaying(vae, estimator, batch())
+    assert_same_as_eager(vae, estimator, batch(n=5), step)
+    assert step.program is not None  # the recording stays for the usual batches
+
+
+@pytest.mark.parametrize("estimator", ["trace", "iwae"])
+def test_training_with_the_traced_step_equals_eager_training(tiny_images, estimator):
+    grey, _ = tiny_images
+    finals = []
+    for compile in ("none", "trace"):
+        vae = make_vae(seed=1)
+        trainer = Trainer(vae, estimator, particles=3 if estimator == "iwae" else 1,
+                          lr=1e-2, compile=compile, gemm="default")
+        torch.manual_seed(2)
+        trainer.fit(grey, epochs=3, batch_size=8, progress=False)
+        finals.append([p.detach().clone() for p in vae.parameters()])
+        if compile == "trace":
+            assert "replaying" in trainer.stepper.traced.status
+    for eager, traced in zip(*finals):
+        assert torch.equal(eager, traced)
+
+
+def test_trace_needs_the_cpu_fast_stepper(tiny_images):
+    vae = make_vae()
+    with pytest.raises(ValueError, match="compile='trace' needs stepper='fast'"):
+        Trainer(vae, "trace", compile="trace", stepper="svi")
