@@ -215,3 +215,55 @@ def test_trace_needs_the_cpu_fast_stepper(tiny_images):
     vae = make_vae()
     with pytest.raises(ValueError, match="compile='trace' needs stepper='fast'"):
         Trainer(vae, "trace", compile="trace", stepper="svi")
+
+
+@pytest.mark.parametrize("which", ["tutorial", "pca", "two_sites"])
+def test_a_users_own_pair_traced_trains_as_eagerly(tiny_images, which):
+    from tests.user_models import TutorialVAE, TwoSiteVAE, pca_guide, pca_model
+
+    data = torch.randn(40, 5, generator=torch.Generator().manual_seed(2)) if which == "pca" \
+        else tiny_images[1]
+    finals = {}
+    for compile in ("none", "trace"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        if which == "pca":
+            trainer = Trainer(model=pca_model, guide=pca_guide, lr=1e-2, compile=compile,
+                              gemm="default")
+        else:
+            pair = TutorialVAE(pixels=16, z_dim=2, hidden_dim=8) if which == "tutorial" \
+                else TwoSiteVAE()
+            trainer = Trainer(pair, lr=1e-2, compile=compile, gemm="default")
+        pyro.set_rng_seed(1)
+        trainer.fit(data, epochs=2, batch_size=10, progress=False)
+        if compile == "trace":
+            assert "replaying" in trainer.stepper.traced.status, trainer.stepper.traced.status
+        finals[compile] = {k: v.clone() for k, v in trainer.pair.state_dict().items()}
+    for key, eager in finals["none"].items():
+        assert torch.equal(eager, finals["trace"][key]), key
+
+
+@pytest.mark.parametrize("gemm_choice", ["default", "measure"])
+def test_a_resumed_traced_run_equals_an_uninterrupted_one(tiny_images, gemm_choice):
+    grey, _ = tiny_images
+
+    def trainer():
+        return Trainer(make_vae(seed=1), "iwae", particles=2, lr=1e-2, compile="trace",
+                       gemm=gemm_choice)
+
+    straight = trainer()
+    torch.manual_seed(2)
+    straight.fit(grey, epochs=4, batch_size=8, progress=False)
+    cut = trainer()
+    torch.manual_seed(2)
+    cut.fit(grey, epochs=2, batch_size=8, progress=False)
+    state = cut.state_dict()
+    assert state["gemm"] in ("default", "onednn")
+    resumed = trainer()
+    resumed.load_state_dict(state)
+    resumed.fit(grey, epochs=4, batch_size=8, progress=False)
+    assert resumed.gemm == state["gemm"]
+    assert [m["train_elbo"] for m in resumed.history] == \
+        [m["train_elbo"] for m in straight.history]
+    for a, b in zip(straight.pair.parameters(), resumed.pair.parameters()):
+        assert torch.equal(a, b)
