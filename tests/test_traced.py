@@ -130,6 +130,20 @@ def test_onednn_products_agree_with_the_default_within_float32_rounding():
     torch.testing.assert_close(gemm.onednn_mm(a.t(), d), a.t() @ d, rtol=1e-5, atol=1e-5)
 
 
+def test_measuring_the_products_leaves_the_training_stream_alone():
+    vae = make_vae(hidden=(16,))
+    step = TracedStep(loss_fn(vae, build_estimator("trace", 1)), list(vae.parameters()),
+                      "measure")
+    x = batch()
+    step(x)
+    step(x)  # the first recording
+    state = torch.get_rng_state()
+    module = step.first
+    choice = gemm.choose_gemm(module.graph)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert choice.default_ms > 0 and "matrix products" in choice.describe()
+
+
 def test_the_kl_weight_changed_in_place_reaches_the_replay():
     vae = make_vae()
     estimator = build_estimator("analytic", 1)

@@ -96,7 +96,8 @@ def choose_gemm(graph: fx.Graph, repeats: int = 7) -> GemmChoice:
     """Time every matrix product of ``graph`` (shapes from its nodes' ``meta['val']``) with
     torch's default and with oneDNN, on random operands of those shapes."""
     shapes = [[tuple(a.meta["val"].shape) for a in node.args] for node in _products(graph)]
-    operands = [[torch.randn(s) for s in node] for node in shapes]
+    generator = torch.Generator().manual_seed(0)  # its own: training's stream stays put
+    operands = [[torch.randn(s, generator=generator) for s in node] for node in shapes]
 
     def default():
         for ops in operands:

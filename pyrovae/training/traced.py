@@ -69,9 +69,10 @@ class TracedStep:
 
     ``loss_fn(*args)`` returns the scalar loss to minimise; ``__call__`` returns it (detached)
     and gives every parameter its ``.grad`` (call it with the gradients cleared, as the
-    stepper's ``zero_grad(set_to_none=True)`` does: an eager step adds to them). ``gemm`` chooses the matrix products' library:
-    ``"measure"`` (time torch's default and oneDNN on the step's own products, once, and
-    take the faster), ``"default"`` or ``"onednn"``; ``gemm_used`` is what was taken (a
+    stepper's ``zero_grad(set_to_none=True)`` does: an eager step adds to them).
+    ``gemm_choice`` chooses the matrix products' library: ``"measure"`` (time torch's
+    default and oneDNN on the step's own products, once, and take the faster),
+    ``"default"`` or ``"onednn"``; ``gemm_used`` is what was taken (a
     resumed run passes it back, so it takes the same path: a close measurement could
     otherwise flip and change the numbers by rounding). ``status`` says what it does and
     why.
