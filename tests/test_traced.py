@@ -281,3 +281,49 @@ def test_a_resumed_traced_run_equals_an_uninterrupted_one(tiny_images, gemm_choi
         [m["train_elbo"] for m in straight.history]
     for a, b in zip(straight.pair.parameters(), resumed.pair.parameters()):
         assert torch.equal(a, b)
+
+
+def test_inductor_trains_within_float32_rounding_of_eager(tiny_images):
+    grey, _ = tiny_images
+    finals, status = [], None
+    for compile in ("none", "inductor"):
+        vae = make_vae(seed=1)
+        trainer = Trainer(vae, "trace", lr=1e-2, compile=compile, gemm="default")
+        torch.manual_seed(2)
+        trainer.fit(grey, epochs=2, batch_size=8, progress=False)
+        finals.append([p.detach().clone() for p in vae.parameters()])
+        status = getattr(trainer.stepper.traced, "status", None)
+    assert "compiled by inductor" in status or "inductor failed" in status, status
+    for eager, compiled in zip(*finals):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failed_inductor_compile_keeps_replaying_the_recording(monkeypatch, caplog):
+    def broken(module, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    vae = make_vae()
+    estimator = build_estimator("trace", 1)
+    x = batch()
+    step = TracedStep(loss_fn(vae, estimator), list(vae.parameters()), "default", "inductor")
+    with caplog.at_level(logging.WARNING, logger="pyrovae.training.traced"):
+        for _ in range(4):
+            step(x)
+    assert "inductor failed (RuntimeError: no C++ compiler)" in step.status
+    assert "no C++ compiler" in caplog.text
+    assert_same_as_eager(vae, estimator, x, step)  # bit for bit: the plain replay
+
+
+def test_auto_traces_a_long_cpu_run_and_not_a_short_one(tiny_images, caplog):
+    grey, _ = tiny_images
+    with caplog.at_level(logging.INFO, logger="pyrovae.training.trainer"):
+        short = Trainer(make_vae(), "trace", compile="auto")
+        short.fit(grey, epochs=2, batch_size=8, progress=False)  # 10 steps
+        long = Trainer(make_vae(), "trace", compile="auto", gemm="default")
+        long.fit(grey, epochs=100, batch_size=8, progress=False)  # 500 steps
+    assert short.stepper.traced is None
+    assert "replaying" in long.stepper.traced.status
+    assert "traced training: 500 steps on the CPU" in caplog.text

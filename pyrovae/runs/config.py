@@ -104,12 +104,16 @@ class TrainConfig:
     stepper: str = _f("fast", "fast: sync-free loss + torch Adam; svi: pyro.infer.SVI + "
                       "pyro.optim.Adam (the reference)", choices=lambda: list(STEPPERS))
     compile: str = _f("auto", "auto: capture the fast step in a CUDA graph on CUDA when the "
-                      "estimator and guide allow it (the log says which and why); graph: "
+                      "estimator and guide allow it, and trace on the CPU for runs of 500 "
+                      "steps or more (the log says which and why); graph: "
                       "insist; trace: on the CPU, record the step once as a tensor program "
-                      "and replay it; none: eager", choices=lambda: list(COMPILE_MODES))
-    gemm: str = _f("measure", "with --compile trace: the matrix products' library, measure "
-                   "(time torch's default and oneDNN on the step's products, take the "
-                   "faster), default or onednn", choices=lambda: list(GEMM_CHOICES))
+                      "and replay it; inductor: that program compiled by torch.compile "
+                      "(seconds to compile, float32-rounding-equal); none: eager",
+                      choices=lambda: list(COMPILE_MODES))
+    gemm: str = _f("measure", "with --compile trace or inductor: the matrix products' "
+                   "library, measure (time torch's default and oneDNN on the step's "
+                   "products, take the faster), default or onednn",
+                   choices=lambda: list(GEMM_CHOICES))
     on_nan: str = _f("stop", "on a NaN/infinite loss or gradient: stop (keep the last good "
                      "checkpoint) or skip the bad updates (fast stepper)",
                      choices=lambda: list(NAN_ACTIONS))

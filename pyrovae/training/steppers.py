@@ -16,6 +16,8 @@
 - The same stepper in **trace mode** (``compile="trace"``, on the CPU): the loss and its
   gradients recorded once as a tensor program and replayed for every later batch
   (:mod:`pyrovae.training.traced`); then Adam, clipping and the NaN guard as eagerly.
+  ``compile="inductor"`` compiles the recorded program with ``torch.compile``'s inductor
+  (fused C++ loops; seconds to compile; within float32 rounding of the eager step).
 - :class:`SVIStepper` (``stepper="svi"``): the reference, ``pyro.infer.SVI`` with
   ``pyro.optim.Adam``. ``SVI.step`` returns the loss as a Python float: one sync per step.
 
@@ -53,7 +55,7 @@ from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, ddp_lo
 from pyrovae.training.traced import TracedStep
 
 STEPPERS = ("fast", "svi")
-COMPILE_MODES = ("auto", "none", "graph", "trace")
+COMPILE_MODES = ("auto", "none", "graph", "trace", "inductor")
 NAN_ACTIONS = ("stop", "skip")
 
 
@@ -169,13 +171,14 @@ class FastStepper:
         else:
             self._loss = lambda *args: estimator.differentiable_loss(vae.model, vae.guide, *args)
 
-    def use_trace(self, gemm: str = "measure") -> None:
+    def use_trace(self, gemm: str = "measure", backend: str = "replay") -> None:
         """Trace mode: the loss and gradients recorded once and replayed
         (:class:`~pyrovae.training.traced.TracedStep`; ``gemm`` picks the matrix products'
-        library). One process, not inside a CUDA graph."""
+        library, ``backend`` runs the recording as it is or compiled by inductor). One
+        process, not inside a CUDA graph."""
         if self.distributed.enabled or self.use_graph:
             raise ValueError("the traced step runs in one process, outside CUDA graphs")
-        self.traced = TracedStep(self._loss, self.params, gemm)
+        self.traced = TracedStep(self._loss, self.params, gemm, backend)
 
     def _eager_step(self, args: tuple[torch.Tensor, ...]) -> None:
         with pyro.validation_enabled(False):  # validation reads values on the host

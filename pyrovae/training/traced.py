@@ -25,7 +25,9 @@ weight, changed in place by the warm-up) are read by reference on every replay.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -37,9 +39,17 @@ from pyrovae.training import gemm
 logger = logging.getLogger(__name__)
 
 GEMM_CHOICES = ("measure", "default", "onednn")
+BACKENDS = ("replay", "inductor")  # the recorded program run as it is, or compiled
 HOST_READ = ("the step reads tensor values on the host (.item(), or a branch on the data), "
              "so its program may change from batch to batch")
 HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+
+
+def _inductor_patch():
+    """Inductor's random operations as ATen's: the compiled step draws as the eager one."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(fallback_random=True)
 
 
 def _signature(args: tuple[torch.Tensor, ...]) -> tuple:
@@ -79,11 +89,16 @@ class TracedStep:
     """
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor], params: list[torch.Tensor],
-                 gemm_choice: str = "measure"):
+                 gemm_choice: str = "measure", backend: str = "replay"):
         if gemm_choice not in GEMM_CHOICES:
             raise ValueError(f"gemm must be one of {', '.join(GEMM_CHOICES)}; got "
                              f"{gemm_choice!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.loss_fn, self.params, self.gemm_choice = loss_fn, list(params), gemm_choice
+        self.backend = backend
+        self._compiled = None  # inductor: the compiled program, until its first call works
+        self.compiled = False  # whether self.program is inductor's
         self.program: fx.GraphModule | None = None
         self.first: fx.GraphModule | None = None
         self.signature: tuple | None = None
@@ -137,7 +152,9 @@ class TracedStep:
         if self.program is not None:
             if _signature(args) != self.signature:
                 return self._eager(args)  # e.g. a last, shorter batch
-            with torch.no_grad():
+            if self._compiled is not None:
+                return self._give(self._first_compiled_call(args))
+            with torch.no_grad(), self._inductor_options():
                 return self._give(self.program(*self.params, *args))
         state = torch.get_rng_state()
         module = self._record(args)
@@ -179,4 +196,35 @@ class TracedStep:
             node.meta.pop("tensor_meta", None)
         self.program = module
         self.status = f"replaying the recorded step; {note}"
+        if self.backend == "inductor":
+            self._compiled = torch.compile(module, backend="inductor", dynamic=False)
+
+    def _inductor_options(self):
+        """Inductor's options around every call of a compiled program (a recompilation,
+        should one happen, must draw as eagerly too); nothing for a plain replay."""
+        return _inductor_patch() if self.compiled else contextlib.nullcontext()
+
+    def _first_compiled_call(self, args):
+        """Compile (on this call) and run the inductor program; on any failure (no C++
+        compiler, an unsupported operation) keep replaying the recorded one, with the reason
+        logged. Random operations fall back to ATen's (``fallback_random``), so the draws are
+        the eager step's; the fused arithmetic agrees with it within float32 rounding."""
+        state = torch.get_rng_state()
+        start = time.perf_counter()
+        try:
+            with torch.no_grad(), _inductor_patch():
+                outputs = self._compiled(*self.params, *args)
+        except Exception as error:  # noqa: BLE001 - any failure: the plain replay
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            self._compiled = None
+            self.status += f"; inductor failed ({type(error).__name__}: {first_line})"
+            logger.warning("traced step: inductor failed, replaying the recorded step "
+                           "instead: %s: %s", type(error).__name__, first_line)
+            torch.set_rng_state(state)
+            with torch.no_grad():
+                return self.program(*self.params, *args)
+        self.program, self._compiled, self.compiled = self._compiled, None, True
+        self.status += f"; compiled by inductor in {time.perf_counter() - start:.1f} s"
+        logger.info("traced step: %s", self.status)
+        return outputs
         logger.info("traced step: %s", self.status)

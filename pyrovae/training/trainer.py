@@ -36,6 +36,9 @@ from pyrovae.training.steppers import (
 from pyrovae.training.traced import GEMM_CHOICES
 
 logger = logging.getLogger(__name__)
+# compile="auto" on the CPU records the step (trace mode) for a fit of at least this many
+# steps: recording costs about 0.7 s (digits) to 2 s (MNIST MLP), what 100-200 eager steps take
+AUTO_TRACE_STEPS = 500
 __all__ = ["COMPILE_MODES", "NAN_ACTIONS", "STEPPERS", "FastStepper", "NonFiniteLossError",
            "SVIStepper", "Trainer", "resolve_device"]
 
@@ -86,10 +89,13 @@ class Trainer:
         stepper: ``"fast"`` or ``"svi"`` (see :mod:`pyrovae.training.steppers`).
         particles: Monte-Carlo particles per step when ``estimator`` is a name.
         compile: ``"auto"`` (a CUDA graph of the fast step when on CUDA and the estimator
-            and guide allow it, eager otherwise; the log says which and why), ``"graph"``
+            and guide allow it; on the CPU, trace mode for a ``fit`` of at least
+            ``AUTO_TRACE_STEPS`` steps; eager otherwise; the log says which and why),
+            ``"graph"``
             (insist: a ``ValueError`` says why when it cannot be), ``"trace"`` (on the CPU:
             the step recorded once as a tensor program and replayed,
-            :mod:`pyrovae.training.traced`) or ``"none"`` (eager).
+            :mod:`pyrovae.training.traced`), ``"inductor"`` (that program compiled by
+            ``torch.compile``'s inductor) or ``"none"`` (eager).
         on_nan: ``"stop"`` (raise :class:`NonFiniteLossError` at the end of an epoch with a
             non-finite loss or gradient) or ``"skip"`` (leave parameters and Adam state as they
             were before such a step and carry on; ``fast`` stepper only). Checked on the
@@ -143,7 +149,7 @@ class Trainer:
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         check_one_of(stepper, "stepper", STEPPERS)
         check_one_of(compile, "compile", COMPILE_MODES)
-        if compile in ("graph", "trace") and stepper != "fast":
+        if compile in ("graph", "trace", "inductor") and stepper != "fast":
             raise ValueError(f"compile={compile!r} needs stepper='fast', got {stepper!r}")
         check_one_of(gemm, "gemm", GEMM_CHOICES)
         self.gemm = gemm
@@ -271,7 +277,8 @@ class Trainer:
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
         if self._stepper is None or not self.pair.is_set_up:  # once: a resumed fit is ready
             self.prepare(take(train_x, slice(0, batch_size)))
-        self._choose_graph(take(train_x, slice(0, batch_size)))
+        self._choose_graph(take(train_x, slice(0, batch_size)),
+                           (epochs - self.epoch) * len(batches))
         callbacks = list(callbacks) + ([ProgressBar(progress)] if progress is not False else [])
         try:
             for callback in callbacks:
@@ -376,19 +383,31 @@ class Trainer:
         param = next(iter(self.pair.parameters()), None)
         return param.device if param is not None else torch.device("cpu")
 
-    def _choose_graph(self, x: tuple[torch.Tensor, ...]) -> None:
+    def _choose_graph(self, x: tuple[torch.Tensor, ...], steps: int) -> None:
         """Turn on CUDA-graph mode, or trace mode, when ``compile`` asks for it and the step
-        allows it."""
+        allows it (``steps``: how many this ``fit`` will take)."""
         if self.compile == "none" or self.stepper.use_graph or \
                 getattr(self.stepper, "traced", None) is not None:
             return
-        if self.compile == "trace":
+        if self.compile == "auto" and isinstance(self.stepper, FastStepper) and \
+                self.stepper.device.type == "cpu" and not self.distributed.enabled:
+            if steps >= AUTO_TRACE_STEPS or self.gemm == "onednn":
+                self.stepper.use_trace(self.gemm)
+                logger.info("traced training: %d steps on the CPU, the step is recorded on "
+                            "its second and third batches, then replayed", steps)
+            else:
+                logger.info("eager training: device is cpu, %d steps (fewer than %d: "
+                            "recording the step would not pay)", steps, AUTO_TRACE_STEPS)
+            return
+        if self.compile in ("trace", "inductor"):
             if self.distributed.enabled or self.stepper.device.type != "cpu":
-                raise ValueError("compile='trace' runs in one process on the CPU (on CUDA, "
-                                 "compile='graph' captures the step)")
-            self.stepper.use_trace(self.gemm)
+                raise ValueError(f"compile={self.compile!r} runs in one process on the CPU "
+                                 "(on CUDA, compile='graph' captures the step)")
+            self.stepper.use_trace(self.gemm, "inductor" if self.compile == "inductor"
+                                   else "replay")
             logger.info("traced training: the step is recorded on its second and third "
-                        "batches, then replayed")
+                        "batches, then replayed%s",
+                        " (compiled by inductor)" if self.compile == "inductor" else "")
             return
         if not isinstance(self.stepper, FastStepper):
             logger.info("eager training: the svi stepper is never captured")
