@@ -16,6 +16,10 @@ a fixed seed, the same data for every variant. Variants:
    CPU the same thing as (2), so it is not run there;
 3b. ``pyrovae_traced`` (CPU only): ``compile="trace"``, the step recorded once and replayed,
    its matrix products on the library measured faster (``gemm="measure"``; printed);
+   ``pyrovae_inductor`` (CPU only, run when named): that program compiled by inductor (its
+   compile time falls in the first epoch, which the median leaves out);
+3c. ``numpyro_jit`` (CPU, run when named, needs ``numpyro`` and ``jax``): NumPyro's SVI with
+   the whole epoch in one jitted ``lax.fori_loop``, its compile time printed apart;
 4. ``torch_eager``: a hand-written PyTorch ELBO step (same maths, same networks);
 5. ``torch_graph``: (4) captured in one CUDA graph (CUDA only);
 6. ``matmul_floor``: only the matrix products of the forward and backward passes.
@@ -48,6 +52,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import numpyro_vae  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.components.machine import device_name  # noqa: E402
 from pyrovae.training.trainer import resolve_device  # noqa: E402
@@ -269,17 +274,28 @@ def matmul_floor(arch, train, test, batch_size, device) -> Variant:
     return Variant(epoch, lambda: math.nan, device)
 
 
+def numpyro_jit(arch, train, test, batch_size, device) -> Variant:
+    """NumPyro, the whole epoch in one jitted ``lax.fori_loop`` (``benchmarks/numpyro_vae.py``)."""
+    from benchmarks.numpyro_vae import numpyro_variant
+
+    return numpyro_variant(arch, train, test, batch_size, device, LR, Z_DIM, Variant)
+
+
 VARIANTS = {
     "pyro_example": pyro_example,
     "pyrovae_eager": pyrovae_variant("none"),
     "pyrovae_fast": pyrovae_variant("auto"),
     "pyrovae_traced": pyrovae_variant("trace"),
+    "pyrovae_inductor": pyrovae_variant("inductor"),
+    "numpyro_jit": numpyro_jit,
     "torch_eager": torch_variant(graph=False),
     "torch_graph": torch_variant(graph=True),
     "matmul_floor": matmul_floor,
 }
 CUDA_ONLY = {"pyrovae_fast", "torch_graph"}  # on the CPU: same as eager, or impossible
-CPU_ONLY = {"pyrovae_traced"}  # on CUDA the graph captures the step
+CPU_ONLY = {"pyrovae_traced", "pyrovae_inductor", "numpyro_jit"}  # traced: on CUDA the
+# graph captures the step; numpyro_jit: jax's CPU build
+OPTIONAL = {"pyrovae_inductor", "numpyro_jit"}  # run when named in --variants
 
 
 def main(argv=None) -> list[dict]:
@@ -288,7 +304,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
+                        default=[v for v in VARIANTS if v not in OPTIONAL])
     parser.add_argument("--arch", default="relu400", choices=ARCHS,
                         help="relu400: 784-400-50 ReLU; iwae: 784-200-200-50 tanh")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N "
@@ -303,6 +320,9 @@ def main(argv=None) -> list[dict]:
     for batch_size in args.batch_sizes:
         names = [n for n in args.variants if n not in
                  (CPU_ONLY if device.type == "cuda" else CUDA_ONLY)]
+        if "numpyro_jit" in names and not numpyro_vae.available():
+            print("  numpyro_jit: skipped (pip install numpyro jax to run it)", flush=True)
+            names.remove("numpyro_jit")
         variants = {}
         for name in names:
             pyro.set_rng_seed(0)  # every variant starts from the same seed
