@@ -25,6 +25,7 @@ from torch import fx
 logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
+MARGIN = 0.05  # oneDNN must be this much faster (a fraction of the default's time)
 
 
 def onednn_available() -> bool:
@@ -52,7 +53,9 @@ class GemmChoice:
 
     @property
     def onednn(self) -> bool:
-        return self.onednn_ms is not None and self.onednn_ms < self.default_ms
+        """oneDNN wins by more than :data:`MARGIN` (a close call stays on the default: the
+        timings of a busy machine vary by as much)."""
+        return self.onednn_ms is not None and self.onednn_ms < (1 - MARGIN) * self.default_ms
 
     def describe(self) -> str:
         if self.onednn_ms is None:
@@ -92,7 +95,7 @@ def _time(run, repeats: int) -> float:
     return sorted(times)[len(times) // 2] * 1e3
 
 
-def choose_gemm(graph: fx.Graph, repeats: int = 7) -> GemmChoice:
+def choose_gemm(graph: fx.Graph, repeats: int = 11) -> GemmChoice:
     """Time every matrix product of ``graph`` (shapes from its nodes' ``meta['val']``) with
     torch's default and with oneDNN, on random operands of those shapes."""
     shapes = [[tuple(a.meta["val"].shape) for a in node.args] for node in _products(graph)]
