@@ -1,4 +1,5 @@
-"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``, ``compare``.
+"""The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``, ``compare``,
+``runs``.
 
 ``train``'s flags are generated from :class:`pyrovae.runs.config.TrainConfig` (one flag per field,
 its help from the field's metadata). Bad input prints one line naming the argument, the value
@@ -140,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--alpha", type=float, help="renyi's order (default: the run's)")
     compare.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     compare.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+    runs = commands.add_parser(
+        "runs", help="a table of every run folder under some folders",
+        description="One row per run folder found (recursively) under FOLDER: the config "
+        "fields that differ between the runs, epochs, the last train/test bounds, the "
+        "evaluated test ELBO, NLL and bits/dim (when pyrovae evaluate has run) and the "
+        "training time. Damaged folders are named, the others still listed.")
+    runs.add_argument("folders", type=Path, nargs="*", default=[Path("runs")],
+                      metavar="FOLDER", help="where to look (default: runs)")
+    runs.add_argument("--sort", metavar="COLUMN", help="sort by this column (ascending; "
+                      "runs without a value last)")
+    runs.add_argument("--reverse", action="store_true", help="sort descending")
+    output = runs.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
+    output.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     from pyrovae.inference.check_kl import RULE
 
@@ -301,8 +317,21 @@ def _compare(args) -> int:
     return 0
 
 
+def _runs(args) -> int:
+    from pyrovae.runs.run_table import format_table, run_table, table_csv, table_json
+
+    table = run_table(args.folders, args.sort, args.reverse)
+    if args.csv:
+        print(table_csv(table), end="")
+    elif args.json:
+        print(table_json(table))
+    else:
+        print(format_table(table))
+    return 0
+
+
 COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl": _check_kl,
-            "compare": _compare}
+            "compare": _compare, "runs": _runs}
 
 
 def main(argv: list[str] | None = None) -> int:
