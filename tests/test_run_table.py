@@ -77,3 +77,21 @@ def test_bad_arguments_are_one_line(sweep, capsys, argv, message):
     assert main([a.replace("SWEEP", str(sweep)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_plot_draws_every_run_labelled_by_what_differs(sweep, tmp_path, capsys):
+    out = tmp_path / "sweep.png"
+    assert main(["plot", str(sweep), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "3 runs (" in captured.out and all(f"z_dim={z}" in captured.out for z in (2, 3, 4))
+    assert f"left out damaged {sweep / 'broken'}" in captured.err
+    assert main(["plot", str(sweep), "--out", str(tmp_path / "x.pdf")]) == 2
+
+
+def test_runs_that_share_a_label_keep_their_folder_names(tmp_path):
+    from pyrovae.runs.run_table import RunTable, run_labels
+
+    table = RunTable(rows=[{"run": str(tmp_path / n), "z_dim": 2} for n in ("a", "b")],
+                     columns=["run", "z_dim"])
+    assert list(run_labels(table).values()) == ["z_dim=2 (a)", "z_dim=2 (b)"]

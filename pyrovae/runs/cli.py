@@ -1,5 +1,5 @@
 """The ``pyrovae`` command: ``train``, ``sample``, ``evaluate``, ``check-kl``, ``compare``,
-``runs``.
+``runs``, ``plot``.
 
 ``train``'s flags are generated from :class:`pyrovae.runs.config.TrainConfig` (one flag per field,
 its help from the field's metadata). Bad input prints one line naming the argument, the value
@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     output = runs.add_mutually_exclusive_group()
     output.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     output.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    plot = commands.add_parser(
+        "plot", help="the curves of several runs on one figure",
+        description="Test and train ELBO by epoch, and test ELBO by training time, of every "
+        "run folder found (recursively) under FOLDER, each labelled by the config fields "
+        "that differ between the runs.")
+    plot.add_argument("folders", type=Path, nargs="+", metavar="FOLDER")
+    plot.add_argument("--out", type=Path, required=True, help="the PNG to write")
 
     from pyrovae.inference.check_kl import RULE
 
@@ -330,8 +338,24 @@ def _runs(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from pyrovae.runs.plots import figure_path, plot_runs
+    from pyrovae.runs.run_table import run_histories, run_labels, run_table
+
+    out = figure_path(args.out, "runs.png")
+    table = run_table(args.folders)
+    for folder, reason in table.damaged:
+        print(f"pyrovae plot: left out damaged {folder}: {reason}", file=sys.stderr)
+    if not table.rows:
+        raise ValueError(f"no readable run folders under {', '.join(map(str, args.folders))}")
+    labels, histories = run_labels(table), run_histories(table)
+    plot_runs({labels[run]: histories[run] for run in labels}, out)
+    print(f"wrote {out}: {len(labels)} runs ({'; '.join(labels.values())})")
+    return 0
+
+
 COMMANDS = {"train": _train, "sample": _sample, "evaluate": _evaluate, "check-kl": _check_kl,
-            "compare": _compare, "runs": _runs}
+            "compare": _compare, "runs": _runs, "plot": _plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ importing pyrovae selects no matplotlib backend and needs no display.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,6 +135,34 @@ def plot_elbo_by_time(curves: dict[str, Sequence[dict]], path: str | Path,
     ax.grid(alpha=0.3)
     if curves:
         ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_runs(curves: dict[str, Sequence[dict]], path: str | Path) -> Path:
+    """Several runs on one figure: test ELBO (solid) and train ELBO (dashed, the same
+    colour) by epoch on the left, test ELBO by training time (minutes) on the right.
+
+    ``curves`` maps a run's label to its ``metrics.jsonl`` epoch entries (``epoch``,
+    ``train_elbo``, ``test_elbo``, ``seconds``)."""
+    fig = Figure(figsize=(11, 4.2))
+    by_epoch, by_time = fig.subplots(1, 2)
+    for index, (label, history) in enumerate(curves.items()):
+        colour = f"C{index % 10}"
+        epochs = [m["epoch"] for m in history]
+        minutes = list(itertools.accumulate((m.get("seconds") or 0.0) / 60 for m in history))
+        test = [m.get("test_elbo") for m in history]
+        by_epoch.plot(epochs, test, color=colour, label=label)
+        by_epoch.plot(epochs, [m.get("train_elbo") for m in history], color=colour,
+                      linestyle="--", alpha=0.6)
+        by_time.plot(minutes, test, color=colour, label=label)
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("ELBO (nats per datum; test solid, train dashed)")
+    by_time.set_xlabel("training time (minutes)")
+    by_time.set_ylabel("test ELBO (nats per datum)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    if curves:
+        by_time.legend(fontsize="small")
     return save_figure(fig, path)
 
 

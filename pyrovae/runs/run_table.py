@@ -150,3 +150,23 @@ def table_json(table: RunTable) -> str:
     """``{"columns": [...], "runs": [...], "damaged": [{"run", "reason"}]}`` as strict JSON."""
     return to_json({"columns": table.columns, "runs": table.rows,
                     "damaged": [{"run": f, "reason": r} for f, r in table.damaged]}, indent=2)
+
+
+def run_labels(table: RunTable) -> dict[str, str]:
+    """Each row's run folder -> a label from the config fields that differ between the runs
+    (``z_dim=3, prior=vamp``); the folder's name when no field differs, and after the label
+    when two runs share it."""
+    fields = [c for c in table.columns if c != "run" and c not in RESULT_COLUMNS]
+    labels = {row["run"]: ", ".join(f"{k}={_cell(row[k])}" for k in fields) or
+              Path(row["run"]).name for row in table.rows}
+    repeated = {label for label in labels.values()
+                if list(labels.values()).count(label) > 1}
+    return {run: f"{label} ({Path(run).name})" if label in repeated else label
+            for run, label in labels.items()}
+
+
+def run_histories(table: RunTable) -> dict[str, list[dict]]:
+    """Each row's run folder -> its ``metrics.jsonl`` epoch entries (events left out)."""
+    return {row["run"]: [m for m in read_jsonl(Path(row["run"]) / "metrics.jsonl")
+                         if "event" not in m and isinstance(m.get("epoch"), int)]
+            for row in table.rows}
