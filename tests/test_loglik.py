@@ -151,3 +151,22 @@ def test_bad_arguments_are_refused_with_a_message(linear_gaussian, kwargs, match
     vae, x = linear_gaussian
     with pytest.raises(ValueError, match=match):
         log_likelihood(vae, x, **kwargs)
+
+
+def test_progress_reports_every_datum_and_the_running_nll(linear_gaussian, capsys):
+    from pyrovae.runs.job import NllProgress
+
+    vae, x = linear_gaussian
+    calls = []
+    pyro.set_rng_seed(0)
+    estimate = log_likelihood(vae, x, 50, chunk=20, batch_size=7,
+                              progress=lambda n, s: calls.append((n, s)))
+    assert sum(n for n, _ in calls) == len(x) and len(calls) == math.ceil(len(x) / 7)
+    assert math.isclose(sum(s for _, s in calls), -float(estimate.per_datum.sum()),
+                        rel_tol=1e-9)
+    with NllProgress(len(x), 50, show=True) as bar:
+        for n, s in calls:
+            bar(n, s)
+    err = capsys.readouterr().err
+    assert "test NLL (IWAE-50)" in err and f"{len(x)}/{len(x)}" in err
+    assert f"nll={-float(estimate.per_datum.mean()):.2f}" in err

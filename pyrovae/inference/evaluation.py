@@ -208,7 +208,8 @@ def _outside_the_data_plate(model_trace, guide_trace, draws: int, batch: int) ->
 @torch.no_grad()
 def log_likelihood(vae: ModelGuidePair, x: Batch, samples: int | Sequence[int] = 5000,
                    proposal: str = "guide", chunk: int = 500,
-                   batch_size: int | None = None) -> LogLikelihood | list[LogLikelihood]:
+                   batch_size: int | None = None, progress=None
+                   ) -> LogLikelihood | list[LogLikelihood]:
     """Estimate log P(x_i) for each datum of ``x`` (``(N, *data_shape)``, or a tuple of the
     model's tensor arguments with the data first); see the module.
 
@@ -219,6 +220,9 @@ def log_likelihood(vae: ModelGuidePair, x: Batch, samples: int | Sequence[int] =
         chunk: particles per pass (memory: ``chunk x batch`` decoder outputs).
         batch_size: data per pass; default ``max(1, 16384 // chunk)``, so a pass scores
             about 16k (datum, draw) pairs and memory stays bounded.
+        progress: called after each batch as ``progress(n, nll_sum)``: its number of data
+            and the sum of their estimated -log P(x) at the largest k (nats; one host read
+            per batch).
 
     Returns:
         a :class:`LogLikelihood` (a list of them, one per k, for a list).
@@ -236,6 +240,8 @@ def log_likelihood(vae: ModelGuidePair, x: Batch, samples: int | Sequence[int] =
                 running.add(_per_datum_log_weights(vae, batch, draws, proposal, nesting))
             for part, tensor in zip(parts[i], running.estimate()):
                 part.append(tensor)
+        if progress is not None:
+            progress(num_data(batch), -float(parts[-1][0][-1].double().sum()))
     dims = math.prod(as_args(x)[0].shape[1:])
     results = [LogLikelihood(k, proposal, *(torch.cat(p).cpu() for p in part[:2]), dims,
                              torch.cat(part[2]).cpu()) for k, part in zip(counts, parts)]
@@ -262,14 +268,15 @@ def _check_counts(counts, proposal, chunk, batch_size, x) -> None:
 
 
 def nll_report(vae: ModelGuidePair, x: Batch, samples: int, chunk: int = 500,
-               combine=None) -> tuple[dict, LogLikelihood]:
+               combine=None, progress=None) -> tuple[dict, LogLikelihood]:
     """The test NLL by importance sampling (IWAE-k) of the data ``x``, for evaluation.json:
     :meth:`LogLikelihood.summary` plus ``test_nll_chunk`` and ``test_nll_seconds`` (wall
     time of the whole estimate, on ``x``'s device), and the estimate itself (for paired
     comparisons). ``combine`` maps this process's :class:`LogLikelihood` to the one reported
-    (e.g. joined over ranks, or with ``dims`` set to the values actually scored)."""
+    (e.g. joined over ranks, or with ``dims`` set to the values actually scored); ``progress``
+    is :func:`log_likelihood`'s."""
     start = time.perf_counter()
-    result = log_likelihood(vae, x, samples, "guide", chunk)
+    result = log_likelihood(vae, x, samples, "guide", chunk, progress=progress)
     if combine is not None:
         result = combine(result)
     seconds = time.perf_counter() - start

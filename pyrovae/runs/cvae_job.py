@@ -37,7 +37,14 @@ from pyrovae.runs import plots
 from pyrovae.runs.checkpoints import model_state
 from pyrovae.runs.config import TrainConfig, load_config
 from pyrovae.runs.folders import atomic_write
-from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_data
+from pyrovae.runs.job import (
+    JOBS,
+    Job,
+    NllProgress,
+    check_limit,
+    component_options,
+    prepare_data,
+)
 from pyrovae.training import distributed
 from pyrovae.training.trainer import Trainer, resolve_device
 
@@ -277,8 +284,10 @@ def evaluate_cvae_run(run: CVAERun, test_x: torch.Tensor, batch_size: int = 1000
         "baseline_nll_bits_per_dim": float(baseline.mean()) / (y_dim * math.log(2)),
     }
     if nll_samples:
-        report, estimate = nll_report(  # per scored value of Y, not per packed value
-            packed, test_x, nll_samples, chunk, combine=lambda e: replace(e, dims=y_dim))
+        with NllProgress(len(test_x), nll_samples) as progress:
+            report, estimate = nll_report(  # per scored value of Y, not per packed value
+                packed, test_x, nll_samples, chunk, progress=progress,
+                combine=lambda e: replace(e, dims=y_dim))
         result.update(report)
         difference = -estimate.per_datum - baseline
         result.update({"nll_difference": float(difference.mean()),

@@ -16,7 +16,14 @@ from pyrovae.models.vae import VAE
 from pyrovae.runs import plots
 from pyrovae.runs.checkpoints import model_state
 from pyrovae.runs.config import TrainConfig
-from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_data
+from pyrovae.runs.job import (
+    JOBS,
+    Job,
+    NllProgress,
+    check_limit,
+    component_options,
+    prepare_data,
+)
 from pyrovae.training import distributed
 
 
@@ -97,8 +104,10 @@ class VAEJob(Job):
             "world_size": ctx.world_size,
         }
         if nll_samples:
-            report, _ = nll_report(vae, test_x, nll_samples, chunk,
-                                   combine=lambda e: distributed.gather_log_likelihood(e, ctx))
+            with NllProgress(len(test_x), nll_samples, is_main=ctx.is_main) as progress:
+                report, _ = nll_report(
+                    vae, test_x, nll_samples, chunk, progress=progress,
+                    combine=lambda e: distributed.gather_log_likelihood(e, ctx))
             result.update(report)
         return result
 
