@@ -93,3 +93,13 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, capsys, argv, message):
     assert main([a.format(run=run_dir) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_shows_its_progress_estimator_by_estimator(run_dir, capsys):
+    from pyrovae.inference.compare import EstimatorSpec
+    from pyrovae.runs.diagnostics import run_compare
+
+    specs = [EstimatorSpec.parse(t) for t in ("analytic", "iwae:3")]
+    rows = run_compare(run_dir, specs, repeats=3, batch_size=8, show_progress=True)
+    err = capsys.readouterr().err
+    assert len(rows) == 2 and "compare" in err and "2/2" in err and "iwae:3" in err

@@ -101,9 +101,10 @@ def gradient_moments(vae, x: Batch, estimator: Estimator, repeats: int
 
 
 def compare_estimators(vae, x: Batch, specs: list[EstimatorSpec] | None = None,
-                       repeats: int = 50, alpha: float = 0.5) -> list[dict]:
+                       repeats: int = 50, alpha: float = 0.5, progress=None) -> list[dict]:
     """One row per spec (see the module docstring), on batch ``x`` (``(B, *data_shape)``, or
-    a tuple of the model's tensor arguments)."""
+    a tuple of the model's tensor arguments). ``progress(label)``, if given, is called as
+    each estimator is done."""
     check_int(repeats, "repeats", minimum=2)
     vae = set_up_pair(vae, x)  # any pair: every parameter, in its groups
     estimators = [(spec, spec.build(alpha)) for spec in specs or default_specs()]
@@ -122,6 +123,8 @@ def compare_estimators(vae, x: Batch, specs: list[EstimatorSpec] | None = None,
                     if bool(varying.any()) else math.nan
             row["ms_per_step"] = 1000 * statistics.median(seconds)
             rows.append(row)
+            if progress is not None:
+                progress(spec.label)
     return rows
 
 

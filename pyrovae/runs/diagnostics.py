@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 from pyrovae.components.validation import check_int
 from pyrovae.inference.check_kl import check_kl
-from pyrovae.inference.compare import EstimatorSpec, compare_estimators
+from pyrovae.inference.compare import EstimatorSpec, compare_estimators, default_specs
 from pyrovae.runs.config import TrainConfig
 from pyrovae.runs.folders import atomic_write
 from pyrovae.runs.jobs import job_for_run
@@ -83,16 +85,26 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 def run_compare(run_dir: str | Path, specs: list[EstimatorSpec] | None = None,
                 repeats: int = 50, batch_size: int = 64, seed: int = 0,
-                device: str = "auto", alpha: float | None = None) -> list[dict]:
+                device: str = "auto", alpha: float | None = None,
+                show_progress: bool | None = None) -> list[dict]:
     """:func:`~pyrovae.inference.compare.compare_estimators` on the first ``batch_size`` test
     data of a run folder; writes ``RUN_DIR/compare.csv`` and ``RUN_DIR/figures/compare.png``.
-    ``alpha`` defaults to the run's (``renyi``'s order)."""
+    ``alpha`` defaults to the run's (``renyi``'s order). A progress bar (estimators done)
+    shows on a terminal (``show_progress=None``), or as asked."""
     job = job_for_run(run_dir, resolve_device(device))
     pair, test_x = job.test_pair(Path(run_dir))
     _check_batch_size(batch_size, len(test_x))
     pyro.set_rng_seed(seed)
-    rows = compare_estimators(pair, test_x[:batch_size], specs, repeats,
-                              job.config.alpha if alpha is None else alpha)
+    specs = specs or default_specs()
+    with tqdm(total=len(specs), unit="estimator", desc="compare",
+              disable=not (sys.stderr.isatty() if show_progress is None
+                           else show_progress)) as bar:
+        def done(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+        rows = compare_estimators(pair, test_x[:batch_size], specs, repeats,
+                                  job.config.alpha if alpha is None else alpha, done)
     write_csv(rows, Path(run_dir) / "compare.csv")
     plot_comparison(rows, Path(run_dir) / "figures" / "compare.png")
     return rows
