@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="overwrite the run files of an "
                        "existing --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                       help="write no TensorBoard events (written to RUN_DIR/tensorboard/ "
+                       "when the tensorboard package is installed)")
     train.add_argument("--cvae-prior", dest="removed_cvae_prior", help=argparse.SUPPRESS)
 
     sample = commands.add_parser("sample", help="draw samples from a trained model")
@@ -240,10 +243,10 @@ def _train(args) -> int:
             raise ValueError("--resume takes neither --config nor --force (it continues the "
                              "run's saved config)")
         run_dir = train_run(None, args.out, resume=True, progress=progress,
-                            changes=_given_fields(args))
+                            changes=_given_fields(args), tensorboard=args.tensorboard)
     else:
         run_dir = train_run(config_from_args(args), args.out, force=args.force,
-                            progress=progress)
+                            progress=progress, tensorboard=args.tensorboard)
     last = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "event" not in m][-1]
     print(f"trained {last['epoch']} epochs: train ELBO {last['train_elbo']:.2f}, test ELBO "
           f"{last['test_elbo']:.2f} nats per datum; run folder {run_dir}")

@@ -8,6 +8,8 @@ A run folder holds::
     checkpoint.pt      model, optimiser, RNG states, epoch, history, config (every epoch;
                        :mod:`pyrovae.runs.checkpoints`)
     figures/*.png      written by the run's job when training ends
+    tensorboard/       TensorBoard events, when the package is installed
+                       (:mod:`pyrovae.runs.tensorboard`)
     environment.json   versions of pyrovae, Pyro, torch, Python; the device (and, under
                        ``earlier``, those of the sessions before a ``--resume``)
     evaluation.json    written by ``pyrovae evaluate``
@@ -45,6 +47,7 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_FILE = ".pyrovae.lock"  # held by the process training in the folder
 REPLACED = ".replaced"  # the run that --force replaces, until the new one's first checkpoint
+RUN_FOLDERS = ("figures", "tensorboard")  # written by a run too
 RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "checkpoint.pt",
              "evaluation.json", "baseline.pt")
 
@@ -174,7 +177,7 @@ def check_new_run_dir(run_dir: Path, force: bool) -> bool:
     contents = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
     if not contents:
         return False
-    ours = all(p.name in RUN_FILES or p.name == "figures" or _is_torn(p) for p in contents)
+    ours = all(p.name in RUN_FILES or p.name in RUN_FOLDERS or _is_torn(p) for p in contents)
     if ours and not (run_dir / "checkpoint.pt").exists():
         return True  # half-made: nothing trained to lose
     if not force:
@@ -196,7 +199,7 @@ def set_aside_run(run_dir: Path) -> Path:
     run replaces, kept until :func:`drop_set_aside` or put back by :func:`put_back`)."""
     aside = run_dir / REPLACED
     aside.mkdir()  # recover_set_aside has dealt with any earlier one
-    for name in (*RUN_FILES, "figures"):
+    for name in (*RUN_FILES, *RUN_FOLDERS):
         if (run_dir / name).exists():
             os.replace(run_dir / name, aside / name)
     return aside
@@ -204,7 +207,7 @@ def set_aside_run(run_dir: Path) -> Path:
 
 def put_back(run_dir: Path, aside: Path) -> None:
     """Undo :func:`set_aside_run`: the new run's files go, the old ones come back."""
-    for name in (*RUN_FILES, "figures"):
+    for name in (*RUN_FILES, *RUN_FOLDERS):
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
         (run_dir / name).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import pyro
 import torch
 
 from pyrovae.components.data import check_batch_size, load_dataset
+from pyrovae.inference.pair import take
 from pyrovae.runs.callbacks import MetricsLog, ReplaceSetAside, SaveCheckpoint
 from pyrovae.runs.checkpoints import RESUME_FIELDS, ConfigMismatch, load_checkpoint
 from pyrovae.runs.config import TrainConfig
@@ -34,6 +35,7 @@ from pyrovae.runs.folders import (
     write_json,
 )
 from pyrovae.runs.jobs import job_for
+from pyrovae.runs.tensorboard import TensorBoardLog, tensorboard_available
 from pyrovae.training import distributed
 from pyrovae.training.callbacks import StopOnSigint
 from pyrovae.training.trainer import NonFiniteLossError, Trainer, resolve_device
@@ -52,7 +54,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 def train_run(config: TrainConfig | None, out: str | Path | None = None,
               resume: bool = False, force: bool = False, progress: bool | None = None,
-              changes: dict | None = None) -> Path:
+              changes: dict | None = None, tensorboard: bool = True) -> Path:
     """Train ``config`` into the run folder ``out`` and return the folder.
 
     ``resume`` continues from ``out/checkpoint.pt`` with the saved config, reproducing on
@@ -66,6 +68,8 @@ def train_run(config: TrainConfig | None, out: str | Path | None = None,
 
     A first SIGINT (Ctrl-C) finishes the current epoch, writes its checkpoint and raises
     :class:`RunInterrupted`; a second one interrupts at once (the last checkpoint stays).
+    ``tensorboard``: write ``RUN_DIR/tensorboard/`` events when the package is installed
+    (:mod:`pyrovae.runs.tensorboard`).
     """
     ctx = distributed.from_environment()
     if out is None and (ctx.enabled or resume):
@@ -91,7 +95,8 @@ def train_run(config: TrainConfig | None, out: str | Path | None = None,
         created = distributed.init(ctx, device, config.dist_timeout)
         try:
             distributed.barrier(ctx)  # all ranks have checked the folder before rank 0 writes
-            return _train(config, run_dir, resume, replaces, progress, ctx, device)
+            return _train(config, run_dir, resume, replaces, progress, ctx, device,
+                          tensorboard)
         except RuntimeError as error:
             if ctx.enabled and not isinstance(error, NonFiniteLossError):
                 logger.error("rank %d of %d: training failed", ctx.rank, ctx.world_size,
@@ -103,7 +108,7 @@ def train_run(config: TrainConfig | None, out: str | Path | None = None,
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, progress,
-           ctx: distributed.Distributed, device: torch.device) -> Path:
+           ctx: distributed.Distributed, device: torch.device, tensorboard: bool) -> Path:
     """:func:`train_run` once the folder is checked (``replaces``: old run files are set
     aside) and the process group (if any) joined; rank 0 alone writes."""
     pyro.set_rng_seed(config.seed)
@@ -142,6 +147,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
             aside = set_aside_run(run_dir)
         callbacks = [SaveCheckpoint(checkpoint, config, job.data_shape),
                      ReplaceSetAside(run_dir, aside), MetricsLog(run_dir), *callbacks]
+        if tensorboard and tensorboard_available():  # before the checkpoint: see its module
+            callbacks.insert(0, TensorBoardLog(run_dir, config.to_dict(),
+                                               take(test_x, slice(0, 16))))
+        elif tensorboard:
+            logger.warning("note: tensorboard is not installed, so no TensorBoard events "
+                           "are written (pip install pyrovae[tensorboard])")
     try:
         if ctx.is_main:
             write_json(run_dir / "config.json", config.to_dict())

@@ -340,6 +340,11 @@ class Trainer:
         logger.info("epoch %d: %s", self.epoch, metrics)
         return metrics
 
+    @property
+    def lr(self) -> float:
+        """The learning rate the next steps train with."""
+        return float(self._stepper_options["lr"])
+
     def set_lr(self, lr: float) -> None:
         """Train the next steps with learning rate ``lr`` (> 0), e.g. from a schedule."""
         check_lr(lr)
