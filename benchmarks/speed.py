@@ -14,8 +14,8 @@ a fixed seed, the same data for every variant. Variants:
 2. ``pyrovae_eager``: pyrovae's fast stepper, eager (``compile="none"``), data on the device;
 3. ``pyrovae_fast``: pyrovae's default (``compile="auto"``): a CUDA graph on CUDA, and on the
    CPU the same thing as (2), so it is not run there;
-3b. ``pyrovae_traced`` (CPU only): ``compile="trace"``, the step recorded once and replayed,
-   its matrix products on the library measured faster (``gemm="measure"``; printed);
+3b. ``pyrovae_traced`` (CPU only): ``compile="trace"``, the step recorded once and replayed
+   (torch's default products; the status is printed);
    ``pyrovae_inductor`` (CPU only, run when named): that program compiled by inductor (its
    compile time falls in the first epoch, which the median leaves out);
 3c. ``numpyro_jit`` (CPU, run when named, needs ``numpyro`` and ``jax``): NumPyro's SVI with

@@ -403,3 +403,13 @@ def test_a_read_only_folder_is_one_line_naming_the_file(run, capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Read-only file system" in err and \
         str(run / "figures" / "samples.png") in err, err
+
+
+def test_a_config_written_with_tuples_round_trips_and_resumes(tmp_path):
+    from pyrovae.runs.config import TrainConfig
+    from pyrovae.runs.train import train_run
+
+    config = TrainConfig(epochs=1, hidden=(8,), batch_size=100)
+    assert TrainConfig.from_dict(config.to_dict()).hidden == [8]
+    run = train_run(config, tmp_path / "run", progress=False)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0

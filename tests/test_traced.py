@@ -59,9 +59,9 @@ def traced_loss_and_grads(step, vae, x):
 
 
 def replaying(vae, estimator, x, gemm_choice="default"):
-    """A TracedStep past its eager first step and its two recordings."""
+    """A TracedStep past its two recordings."""
     step = TracedStep(loss_fn(vae, estimator), list(vae.parameters()), gemm_choice)
-    for _ in range(3):
+    for _ in range(2):
         step(x)
     assert step.program is not None, step.status
     return step
@@ -135,7 +135,6 @@ def test_measuring_the_products_leaves_the_training_stream_alone():
     step = TracedStep(loss_fn(vae, build_estimator("trace", 1)), list(vae.parameters()),
                       "measure")
     x = batch()
-    step(x)
     step(x)  # the first recording
     state = torch.get_rng_state()
     module = step.first
@@ -200,12 +199,91 @@ def test_a_program_that_changes_falls_back_to_eager_with_its_reason(cls, reason,
         assert_same_as_eager(vae, estimator, x, step)
 
 
-def test_a_batch_of_another_shape_runs_eagerly_and_is_right():
+def test_a_batch_of_another_shape_or_mode_is_recorded_again_and_is_right(caplog):
     vae = make_vae()
     estimator = build_estimator("trace", 1)
     step = replaying(vae, estimator, batch())
+    with caplog.at_level(logging.INFO, logger="pyrovae.training.traced"):
+        assert_same_as_eager(vae, estimator, batch(n=5), step)
+    assert step.program is None and step.first is not None  # recording for the new shape
+    assert "recording again" in caplog.text
+    step(batch(n=5))
+    assert step.program is not None
     assert_same_as_eager(vae, estimator, batch(n=5), step)
-    assert step.program is not None  # the recording stays for the usual batches
+
+
+def test_freezing_parameters_or_eval_mode_records_the_step_again(tiny_images):
+    grey, _ = tiny_images
+    finals = []
+    for compile in ("none", "trace"):
+        vae = make_vae(seed=1)
+        trainer = Trainer(vae, "trace", lr=1e-2, compile=compile)
+        torch.manual_seed(2)
+        trainer.fit(grey, epochs=2, batch_size=8, progress=False)
+        for p in vae.encoder.parameters():  # freeze the encoder
+            p.requires_grad_(False)
+        frozen = [p.clone() for p in vae.encoder.parameters()]
+        trainer.fit(grey, epochs=4, batch_size=8, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(frozen, vae.encoder.parameters()))
+        finals.append([p.detach().clone() for p in vae.parameters()])
+    for eager, traced in zip(*finals):
+        assert torch.equal(eager, traced)
+
+
+class TemperedVAE(VAE):
+    """A Python attribute the recording bakes in as a constant."""
+
+    temperature = 1.0
+
+    def model(self, x):
+        with pyro.poutine.scale(scale=self.temperature):
+            return super().model(x)
+
+
+def test_python_state_changed_between_fits_is_caught_and_recorded_again(tiny_images,
+                                                                        caplog):
+    grey, _ = tiny_images
+    histories = []
+    for compile in ("none", "trace"):
+        pyro.clear_param_store()
+        torch.manual_seed(1)
+        vae = TemperedVAE(SHAPE, 2, (8,))
+        trainer = Trainer(vae, "trace", lr=1e-2, compile=compile)
+        torch.manual_seed(2)
+        trainer.fit(grey, epochs=2, batch_size=8, progress=False)
+        vae.temperature = 0.1
+        with caplog.at_level(logging.WARNING, logger="pyrovae.training.traced"):
+            trainer.fit(grey, epochs=4, batch_size=8, progress=False)
+        histories.append([m["train_elbo"] for m in trainer.history])
+    assert histories[0] == histories[1]
+    assert "no longer gives the eager step's numbers" in caplog.text
+
+
+def test_an_unchanged_model_passes_the_check_at_each_fit(tiny_images, caplog):
+    grey, _ = tiny_images
+    trainer = Trainer(make_vae(), "trace", compile="trace")
+    with caplog.at_level(logging.WARNING, logger="pyrovae.training.traced"):
+        for epochs in (1, 2, 3):
+            trainer.fit(grey, epochs=epochs, batch_size=8, progress=False)
+    assert "replaying" in trainer.stepper.traced.status and not caplog.text
+
+
+def test_gradients_that_share_storage_are_handed_out_apart():
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+
+    def loss(x):
+        return ((a + b) * x).sum()  # the gradient of a and of b: one tensor in the program
+
+    step = TracedStep(loss, [a, b], "default")
+    x = torch.tensor([3.0, 4.0])
+    for _ in range(3):
+        a.grad = b.grad = None
+        step(x)
+    assert step.program is not None
+    assert a.grad.untyped_storage().data_ptr() != b.grad.untyped_storage().data_ptr()
+    a.grad.mul_(0.5)  # as clipping does, in place
+    assert torch.equal(b.grad, x)
 
 
 @pytest.mark.parametrize("estimator", ["trace", "iwae"])
@@ -257,8 +335,10 @@ def test_a_users_own_pair_traced_trains_as_eagerly(tiny_images, which):
         assert torch.equal(eager, finals["trace"][key]), key
 
 
-@pytest.mark.parametrize("gemm_choice", ["default", "measure"])
+@pytest.mark.parametrize("gemm_choice", ["default", "measure", "onednn"])
 def test_a_resumed_traced_run_equals_an_uninterrupted_one(tiny_images, gemm_choice):
+    if gemm_choice == "onednn" and not gemm.onednn_available():
+        pytest.skip("this torch has no oneDNN linear")
     grey, _ = tiny_images
 
     def trainer():

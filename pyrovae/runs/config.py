@@ -110,9 +110,9 @@ class TrainConfig:
                       "and replay it; inductor: that program compiled by torch.compile "
                       "(seconds to compile, float32-rounding-equal); none: eager",
                       choices=lambda: list(COMPILE_MODES))
-    gemm: str = _f("measure", "with --compile trace or inductor: the matrix products' "
-                   "library, measure (time torch's default and oneDNN on the step's "
-                   "products, take the faster), default or onednn",
+    gemm: str = _f("default", "for a traced step: the matrix products' library, default "
+                   "(torch's), onednn, or measure (time both on the step's products, take "
+                   "oneDNN if 5 percent faster; a close call may differ between runs)",
                    choices=lambda: list(GEMM_CHOICES))
     on_nan: str = _f("stop", "on a NaN/infinite loss or gradient: stop (keep the last good "
                      "checkpoint) or skip the bad updates (fast stepper)",
@@ -138,6 +138,11 @@ class TrainConfig:
     condition: str | None = _f(None, "cvae task: quadrant (X one quadrant, Y the other "
                                "three), half (X the left half), label (X the one-hot class, "
                                "Y the image)", choices=CONDITIONS.names, kind="cvae")
+
+    def __post_init__(self):  # tuples (as Python callers write them) saved as JSON lists
+        for name in ("hidden", "plugin"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed.

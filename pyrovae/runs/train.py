@@ -88,7 +88,8 @@ def train_run(config: TrainConfig | None, out: str | Path | None = None,
         if ctx.is_main:  # a --force run killed before its first checkpoint: undo it
             recover_set_aside(run_dir)
         else:  # ...before this rank reads the folder
-            wait_for_recovery(run_dir, 600.0 if config is None else config.dist_timeout)
+            wait_for_recovery(run_dir, (changes or {}).get("dist_timeout") or 600.0
+                              if config is None else config.dist_timeout)
         config, replaces = _check_run_dir(config, run_dir, resume, force, changes or {})
         device = distributed.device_for(ctx, resolve_device(config.device))
         ctx = replace(ctx, seed=config.seed)

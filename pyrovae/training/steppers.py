@@ -171,14 +171,16 @@ class FastStepper:
         else:
             self._loss = lambda *args: estimator.differentiable_loss(vae.model, vae.guide, *args)
 
-    def use_trace(self, gemm: str = "measure", backend: str = "replay") -> None:
+    def use_trace(self, gemm: str = "default", backend: str = "replay") -> None:
         """Trace mode: the loss and gradients recorded once and replayed
         (:class:`~pyrovae.training.traced.TracedStep`; ``gemm`` picks the matrix products'
         library, ``backend`` runs the recording as it is or compiled by inductor). One
         process, not inside a CUDA graph."""
         if self.distributed.enabled or self.use_graph:
             raise ValueError("the traced step runs in one process, outside CUDA graphs")
-        self.traced = TracedStep(self._loss, self.params, gemm, backend)
+        modules = list(self.vae.modules()) if hasattr(self.vae, "modules") else []
+        self.traced = TracedStep(self._loss, self.params, gemm, backend,
+                                 state=lambda: tuple(m.training for m in modules))
 
     def _eager_step(self, args: tuple[torch.Tensor, ...]) -> None:
         with pyro.validation_enabled(False):  # validation reads values on the host

@@ -114,9 +114,10 @@ class Trainer:
             data and report metrics over all ranks, and each epoch reseeds the RNG from
             (seed, epoch, rank).
         model, guide: the two programs, instead of ``pair``.
-        gemm: for ``compile="trace"``: the matrix products' library, ``"measure"`` (time
-            torch's default and oneDNN on the step's own products and take the faster; the
-            log gives the milliseconds), ``"default"`` or ``"onednn"``
+        gemm: for a traced step: the matrix products' library, ``"default"`` (torch's),
+            ``"onednn"``, or ``"measure"`` (time both on the step's own products and take
+            oneDNN if it wins by 5 %; the log gives the milliseconds; a close call can go
+            either way, so two runs may then differ by float32 rounding)
             (:mod:`pyrovae.training.gemm`).
 
     Data: ``fit`` and ``evaluate`` take a tensor ``(N, ...)`` (``model(x)``) or a tuple of
@@ -140,7 +141,7 @@ class Trainer:
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
                  kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, distributed: Distributed = SINGLE, *,
-                 model=None, guide=None, gemm: str = "measure"):
+                 model=None, guide=None, gemm: str = "default"):
         check_lr(lr)
         if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
@@ -279,6 +280,8 @@ class Trainer:
             self.prepare(take(train_x, slice(0, batch_size)))
         self._choose_graph(take(train_x, slice(0, batch_size)),
                            (epochs - self.epoch) * len(batches))
+        if getattr(self.stepper, "traced", None) is not None:  # state may have changed
+            self.stepper.traced.check_next_replay()                # since the last fit
         callbacks = list(callbacks) + ([ProgressBar(progress)] if progress is not False else [])
         try:
             for callback in callbacks:
@@ -399,7 +402,7 @@ class Trainer:
             if steps >= AUTO_TRACE_STEPS or self.gemm == "onednn":
                 self.stepper.use_trace(self.gemm)
                 logger.info("traced training: %d steps on the CPU, the step is recorded on "
-                            "its second and third batches, then replayed", steps)
+                            "its first two batches, then replayed", steps)
             else:
                 logger.info("eager training: device is cpu, %d steps (fewer than %d: "
                             "recording the step would not pay)", steps, AUTO_TRACE_STEPS)
@@ -410,7 +413,7 @@ class Trainer:
                                  "(on CUDA, compile='graph' captures the step)")
             self.stepper.use_trace(self.gemm, "inductor" if self.compile == "inductor"
                                    else "replay")
-            logger.info("traced training: the step is recorded on its second and third "
+            logger.info("traced training: the step is recorded on its first two "
                         "batches, then replayed%s",
                         " (compiled by inductor)" if self.compile == "inductor" else "")
             return
