@@ -154,7 +154,7 @@ def test_bad_arguments_are_refused_with_a_message(linear_gaussian, kwargs, match
 
 
 def test_progress_reports_every_datum_and_the_running_nll(linear_gaussian, capsys):
-    from pyrovae.runs.job import NllProgress
+    from pyrovae.training.callbacks import NllProgress
 
     vae, x = linear_gaussian
     calls = []

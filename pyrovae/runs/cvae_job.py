@@ -37,15 +37,9 @@ from pyrovae.runs import plots
 from pyrovae.runs.checkpoints import model_state
 from pyrovae.runs.config import TrainConfig, load_config
 from pyrovae.runs.folders import atomic_write
-from pyrovae.runs.job import (
-    JOBS,
-    Job,
-    NllProgress,
-    check_limit,
-    component_options,
-    prepare_data,
-)
+from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_data
 from pyrovae.training import distributed
+from pyrovae.training.callbacks import NllProgress
 from pyrovae.training.trainer import Trainer, resolve_device
 
 BASELINE_FILE = "baseline.pt"

@@ -23,13 +23,11 @@ Contract of a job instance (``job = job_class(config.model)(config, device)``):
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from pyrovae.components.data import Dataset, binarize, load_dataset
 from pyrovae.components.registry import Registry
@@ -149,27 +147,3 @@ def check_limit(limit: int | None, available: int) -> None:
     if limit is not None and not 1 <= limit <= available:
         raise ValueError(f"--limit must be in [1, {available}] (the test set), got {limit}")
 
-
-class NllProgress:
-    """A tqdm bar for ``evaluate --nll-samples`` (minutes of work): data done, the running
-    test NLL, time left. Shown on a terminal only (``show=None``), on rank 0. Use as a
-    context manager; pass it as ``progress`` to
-    :func:`~pyrovae.inference.evaluation.nll_report`."""
-
-    def __init__(self, total: int, samples: int, show: bool | None = None,
-                 is_main: bool = True):
-        show = sys.stderr.isatty() if show is None else show
-        self.bar = tqdm(total=total, unit="datum", desc=f"test NLL (IWAE-{samples})",
-                        disable=not (show and is_main))
-        self.done, self.nll_sum = 0, 0.0
-
-    def __call__(self, n: int, nll_sum: float) -> None:
-        self.done, self.nll_sum = self.done + n, self.nll_sum + nll_sum
-        self.bar.set_postfix(nll=f"{self.nll_sum / self.done:.2f}")
-        self.bar.update(n)
-
-    def __enter__(self) -> NllProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()

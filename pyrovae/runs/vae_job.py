@@ -16,15 +16,9 @@ from pyrovae.models.vae import VAE
 from pyrovae.runs import plots
 from pyrovae.runs.checkpoints import model_state
 from pyrovae.runs.config import TrainConfig
-from pyrovae.runs.job import (
-    JOBS,
-    Job,
-    NllProgress,
-    check_limit,
-    component_options,
-    prepare_data,
-)
+from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_data
 from pyrovae.training import distributed
+from pyrovae.training.callbacks import NllProgress
 
 
 def build_vae(config: TrainConfig, data_shape: tuple[int, ...]) -> VAE:

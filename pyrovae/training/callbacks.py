@@ -89,3 +89,28 @@ class StopOnSigint(Callback):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
+
+
+class NllProgress:
+    """A tqdm bar for ``evaluate --nll-samples`` (minutes of work): data done, the running
+    test NLL, time left. Shown on a terminal only (``show=None``), on rank 0. Use as a
+    context manager; pass it as ``progress`` to
+    :func:`~pyrovae.inference.evaluation.nll_report`."""
+
+    def __init__(self, total: int, samples: int, show: bool | None = None,
+                 is_main: bool = True):
+        show = sys.stderr.isatty() if show is None else show
+        self.bar = tqdm(total=total, unit="datum", desc=f"test NLL (IWAE-{samples})",
+                        disable=not (show and is_main))
+        self.done, self.nll_sum = 0, 0.0
+
+    def __call__(self, n: int, nll_sum: float) -> None:
+        self.done, self.nll_sum = self.done + n, self.nll_sum + nll_sum
+        self.bar.set_postfix(nll=f"{self.nll_sum / self.done:.2f}")
+        self.bar.update(n)
+
+    def __enter__(self) -> NllProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
