@@ -135,10 +135,13 @@ class TracedStep:
                 self.state() if self.state is not None else ())
 
     def _loss_and_grads(self, *inputs):
+        """The loss and the gradient of each parameter (``None`` for a frozen one)."""
         args = inputs[len(self.params):]
         loss = self.loss_fn(*args)
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        return (loss.detach(), *grads)
+        trained = [p for p in self.params if p.requires_grad]
+        grads = iter(torch.autograd.grad(loss, trained, allow_unused=True))
+        return (loss.detach(), *(next(grads) if p.requires_grad else None
+                                 for p in self.params))
 
     def _eager(self, args) -> torch.Tensor:
         loss = self.loss_fn(*args)
