@@ -230,7 +230,7 @@ def _absolute_py_paths(value):
 
 
 def _train(args) -> int:
-    from pyrovae.runs.folders import read_jsonl
+    from pyrovae.runs.folders import read_epochs
     from pyrovae.runs.train import train_run
 
     if args.removed_cvae_prior is not None:
@@ -247,7 +247,7 @@ def _train(args) -> int:
     else:
         run_dir = train_run(config_from_args(args), args.out, force=args.force,
                             progress=progress, tensorboard=args.tensorboard)
-    last = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "event" not in m][-1]
+    last = read_epochs(run_dir / "metrics.jsonl")[-1]
     print(f"trained {last['epoch']} epochs: train ELBO {last['train_elbo']:.2f}, test ELBO "
           f"{last['test_elbo']:.2f} nats per datum; run folder {run_dir}")
     return 0
@@ -343,7 +343,7 @@ def _runs(args) -> int:
 
 def _plot(args) -> int:
     from pyrovae.runs.plots import figure_path, plot_runs
-    from pyrovae.runs.run_table import run_histories, run_labels, run_table
+    from pyrovae.runs.run_table import run_labels, run_table
 
     out = figure_path(args.out, "runs.png")
     table = run_table(args.folders)
@@ -351,8 +351,8 @@ def _plot(args) -> int:
         print(f"pyrovae plot: left out damaged {folder}: {reason}", file=sys.stderr)
     if not table.rows:
         raise ValueError(f"no readable run folders under {', '.join(map(str, args.folders))}")
-    labels, histories = run_labels(table), run_histories(table)
-    plot_runs({labels[run]: histories[run] for run in labels}, out)
+    labels = run_labels(table)
+    plot_runs({labels[run]: table.histories[run] for run in labels}, out)
     print(f"wrote {out}: {len(labels)} runs ({'; '.join(labels.values())})")
     return 0
 

@@ -95,8 +95,9 @@ def remove_torn(folder: Path, name: str | None = None) -> None:
 
 
 def _writer_alive(tmp_name: str) -> bool:
-    """Whether the process named in ``.NAME.PID.XXXXXXXX.tmp`` runs on this machine (a name
-    of the older form, without a process id, counts as dead)."""
+    """Whether the process whose id is in ``.NAME.PID.RANDOM.tmp`` runs on this machine (a
+    name of the older form, without a process id, counts as dead; a process we may not
+    signal counts as alive)."""
     parts = tmp_name[:-len(".tmp")].rsplit(".", 2)
     if len(parts) != 3 or not parts[1].isdigit():
         return False
@@ -105,7 +106,7 @@ def _writer_alive(tmp_name: str) -> bool:
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):
-        return True
+        pass
     return True
 
 
@@ -158,6 +159,12 @@ def read_jsonl(path: Path) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def read_epochs(path: Path) -> list[dict]:
+    """The epoch entries of a ``metrics.jsonl`` (its event lines left out)."""
+    return [m for m in read_jsonl(path)
+            if "event" not in m and isinstance(m.get("epoch"), int)]
 
 
 def default_run_dir(config) -> Path:

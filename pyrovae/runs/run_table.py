@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pyrovae.runs import jobs  # noqa: F401  (registers the model kinds that migrate asks)
 from pyrovae.runs.config import CONFIG_DEFAULTS, migrate
-from pyrovae.runs.folders import REPLACED, read_jsonl, to_json
+from pyrovae.runs.folders import REPLACED, read_epochs, to_json
 
 RESULT_COLUMNS = ("epochs_trained", "train_elbo", "test_elbo", "eval_test_elbo", "test_nll",
                   "test_nll_se", "bits_per_dim", "seconds")
@@ -31,11 +31,13 @@ EVALUATION_KEYS = {"eval_test_elbo": "test_elbo", "test_nll": "test_nll",
 @dataclass
 class RunTable:
     """The runs found: ``rows`` (one dict per run: ``run``, the differing config fields, then
-    :data:`RESULT_COLUMNS`), ``columns`` in order, and ``damaged`` (folder, reason) pairs."""
+    :data:`RESULT_COLUMNS`), ``columns`` in order, ``damaged`` (folder, reason) pairs, and
+    ``histories`` (each run's ``metrics.jsonl`` epoch entries, by folder: for the plot)."""
 
     rows: list[dict] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     damaged: list[tuple[str, str]] = field(default_factory=list)
+    histories: dict[str, list[dict]] = field(default_factory=dict)
 
 
 def find_run_folders(folders: list[Path]) -> list[Path]:
@@ -52,8 +54,9 @@ def find_run_folders(folders: list[Path]) -> list[Path]:
     return sorted(found)
 
 
-def _read_run(folder: Path) -> tuple[dict, dict]:
-    """(config, results) of one run folder; ``ValueError`` naming what is damaged."""
+def _read_run(folder: Path) -> tuple[dict, dict, list[dict]]:
+    """(config, results, epoch entries) of one run folder; ``ValueError`` naming what is
+    damaged."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as error:
@@ -62,8 +65,7 @@ def _read_run(folder: Path) -> tuple[dict, dict]:
     if not isinstance(config, dict):
         raise ValueError("config.json does not hold a JSON object")
     config = {**CONFIG_DEFAULTS, **migrate(config)}  # an older run: today's fields
-    epochs = [m for m in read_jsonl(folder / "metrics.jsonl")
-              if "event" not in m and isinstance(m.get("epoch"), int)]
+    epochs = read_epochs(folder / "metrics.jsonl")
     last = epochs[-1] if epochs else {}
     results = {"epochs_trained": last.get("epoch", 0), "train_elbo": last.get("train_elbo"),
                "test_elbo": last.get("test_elbo"),
@@ -76,7 +78,7 @@ def _read_run(folder: Path) -> tuple[dict, dict]:
             raise ValueError(f"evaluation.json cannot be read ({error})") from None
     for column, key in EVALUATION_KEYS.items():
         results[column] = evaluation.get(key) if isinstance(evaluation, dict) else None
-    return config, results
+    return config, results, epochs
 
 
 def run_table(folders: list[Path], sort: str | None = None, reverse: bool = False
@@ -90,12 +92,13 @@ def run_table(folders: list[Path], sort: str | None = None, reverse: bool = Fals
             runs.append((folder, *_read_run(folder)))
         except ValueError as error:
             table.damaged.append((str(folder), str(error)))
-    names = sorted({k for _, config, _ in runs for k in config})
+    names = sorted({k for _, config, _, _ in runs for k in config})
     differing = [k for k in names
-                 if len({json.dumps(c.get(k), sort_keys=True) for _, c, _ in runs}) > 1]
+                 if len({json.dumps(c.get(k), sort_keys=True) for _, c, _, _ in runs}) > 1]
     table.columns = ["run", *differing, *RESULT_COLUMNS]
     table.rows = [{"run": str(folder), **{k: config.get(k) for k in differing}, **results}
-                  for folder, config, results in runs]
+                  for folder, config, results, _ in runs]
+    table.histories = {str(folder): epochs for folder, _, _, epochs in runs}
     if sort is not None:
         if sort not in table.columns:
             raise ValueError(f"--sort {sort}: no such column; columns: "
@@ -164,9 +167,3 @@ def run_labels(table: RunTable) -> dict[str, str]:
     return {run: f"{label} ({Path(run).name})" if label in repeated else label
             for run, label in labels.items()}
 
-
-def run_histories(table: RunTable) -> dict[str, list[dict]]:
-    """Each row's run folder -> its ``metrics.jsonl`` epoch entries (events left out)."""
-    return {row["run"]: [m for m in read_jsonl(Path(row["run"]) / "metrics.jsonl")
-                         if "event" not in m and isinstance(m.get("epoch"), int)]
-            for row in table.rows}
