@@ -85,7 +85,7 @@ def test_old_vae_checkpoint_without_model_fields_resumes(tmp_path):
      "prior 'conditional_normal' is P(z|X) and needs a context: use it with --model cvae"),
     (["train", "--model", "cvae"], "model 'cvae' needs condition: one of half, label"),
     (["train", "--model", "cvae", "--condition", "eye"], "got 'eye'"),
-    (["train", "--model", "gan"], "model must be one of cvae, vae"),
+    (["train", "--model", "gan"], "model must be one of cvae, hvae, vae"),
 ])
 def test_bad_cvae_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "r")]) == 2

@@ -30,10 +30,19 @@ EXAMPLES = {
                               "--out", "{tmp}/ce.png"],
     "cvae_mnist.py": ["--dataset", "digits", "--epochs", "1", "--nll-samples", "10",
                       "--out", "{tmp}/cvae"],
+    "prior_sweep.py": ["--epochs", "1", "--nll-samples", "5", "--priors", "standard_normal",
+                       "vamp", "--out", "{tmp}/sweep"],
     "bring_your_own_model.py": ["--epochs", "1", "--nll-samples", "10", "--test-limit", "64",
                                 "--draws", "20", "--repeats", "3", "--out", "{tmp}/byo"],
 }
 NEEDS_MNIST = {"mnist_vae.py"}
+# example file -> (files it must write under {tmp}, strings its output must hold)
+WRITES = {
+    "prior_sweep.py": (["sweep/sweep.png", "sweep/vamp/evaluation.json",
+                        "sweep/standard_normal/metrics.jsonl"],
+                       ["| run | prior |", "| vamp |",
+                        "sweep.png: 2 runs (prior=standard_normal; prior=vamp)"]),
+}
 
 
 def test_every_example_is_listed():
@@ -49,6 +58,11 @@ def test_example_runs(name, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "examples" / name), *args],
                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    files, printed = WRITES.get(name, ([], []))
+    for path in files:
+        assert (tmp_path / path).is_file(), f"{name} did not write {path}"
+    for text in printed:
+        assert text in result.stdout, f"{name} did not print {text!r}:\n{result.stdout}"
 
 
 def test_readme_python_example_runs_as_written(tmp_path):

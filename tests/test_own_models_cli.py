@@ -72,7 +72,7 @@ def test_a_model_that_cannot_generate_trains_and_says_why_it_cannot_sample(tmp_p
     (["--model-options", "z_dim=3"], "need --model MODULE:FACTORY"),
     (["--model", f"{MODELS}:TutorialVAE", "--model-options", "width=3"],
      "calling it with --model-options {'width': 3} failed"),
-    (["--model", "gan"], "model must be one of cvae, vae, or MODULE:FACTORY"),
+    (["--model", "gan"], "model must be one of cvae, hvae, vae, or MODULE:FACTORY"),
     (["--model", f"{MODELS}:raising_factory"],
      "failed: RuntimeError: my model is broken"),
 ])

@@ -23,7 +23,7 @@ import torch
 from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
 from pyrovae.inference.estimators import build_estimator
-from pyrovae.inference.kl import closed_form_kl, site_kl_differences
+from pyrovae.inference.kl import closed_form_kl, closed_form_sites, site_kl_differences
 from pyrovae.inference.pair import Batch, ModelGuidePair, as_args, num_data, set_up_pair
 from pyrovae.inference.statistics import (
     Moments,
@@ -210,18 +210,22 @@ def float64(pair):
 def site_kl_methods(vae: ModelGuidePair, x: Batch) -> dict[str, str]:
     """How the analytic ELBO gets D[Q || P] at each latent site of the pair (those in both
     the guide and the model): ``"closed form"`` (torch's KL registry has the pair of
-    distributions), or ``"Monte Carlo (no closed form for Q || P)"`` (then that site's
-    analytic and trace terms coincide draw by draw, and the check says nothing about it).
+    distributions), or ``"Monte Carlo (no closed form for Q || P)"`` or ``"Monte Carlo (a
+    model parent is drawn after it in the guide)"`` (then that site's analytic and trace
+    terms coincide draw by draw, and the check says nothing about it).
     Read from one trace of ``vae.guide`` and ``vae.model`` on ``x``, drawn from a forked RNG
     (the caller's stream does not move)."""
     args = as_args(x)
     estimator = build_estimator("trace")
     with torch.no_grad(), forked_rng(args[0]):
         [(model_trace, guide_trace)] = estimator.traces(vae.model, vae.guide, *args)
-    methods = {}
+    methods, closed = {}, closed_form_sites(model_trace, guide_trace)
     for name, site in guide_trace.nodes.items():
         prior = model_trace.nodes.get(name)
         if site["type"] != "sample" or prior is None or prior["is_observed"]:
+            continue
+        if name not in closed:
+            methods[name] = "Monte Carlo (a model parent is drawn after it in the guide)"
             continue
         try:
             closed_form_kl(site["fn"], prior["fn"])

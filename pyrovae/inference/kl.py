@@ -97,13 +97,17 @@ def kl_gaussian_diag_normal(q, p) -> torch.Tensor:
     return cross_entropy.sum(-1) - q.entropy()
 
 
-def site_kl(guide_site: dict, model_site: dict, kl=closed_form_kl) -> torch.Tensor:
+def site_kl(guide_site: dict, model_site: dict, kl=closed_form_kl,
+            closed_form: bool = True) -> torch.Tensor:
     """D[Q || P] of one latent site, summed over its batch, as Pyro would weigh it.
 
     Uses ``kl(q, p)`` scaled and masked like the site's log-prob (plate subsampling scale,
     ``poutine.mask``); falls back to the sampled ``log q(z) - log p(z)`` when ``kl`` raises
-    ``NotImplementedError``. Returns a 0-dim tensor, nats.
+    ``NotImplementedError`` or ``closed_form`` is False (the site fails the mean-field
+    condition: :func:`closed_form_sites`). Returns a 0-dim tensor, nats.
     """
+    if not closed_form:
+        return guide_site["log_prob_sum"] - model_site["log_prob_sum"]
     try:
         value = kl(guide_site["fn"], model_site["fn"])
     except NotImplementedError:
@@ -112,18 +116,40 @@ def site_kl(guide_site: dict, model_site: dict, kl=closed_form_kl) -> torch.Tens
     return scale_and_mask(value, guide_site["scale"], guide_site["mask"]).sum()
 
 
+def _latent_order(trace, other) -> list[str]:
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and name in other.nodes]
+
+
+def closed_form_sites(model_trace, guide_trace) -> set[str]:
+    """The latent sites whose KL may be taken in closed form at the guide's draws.
+
+    D[Q(z | ...) || P(z | pa(z))] replaces log P(z | pa) - log Q(z | ...) in expectation only
+    when z's model parents were drawn before z in the guide (Pyro's condition: no model
+    parent of z is a guide descendant of z). Read from the order of the sites, as Pyro's
+    ``TraceMeanField_ELBO`` checks it: z qualifies when every latent that the model draws
+    before z the guide also draws before z. A top-down model with a bottom-up guide (the
+    hierarchical VAE) qualifies at its top site only; a one-latent VAE always does.
+    """
+    model_order = _latent_order(model_trace, guide_trace)
+    guide_position = {name: i for i, name in enumerate(_latent_order(guide_trace, model_trace))}
+    return {name for i, name in enumerate(model_order)
+            if all(guide_position[earlier] < guide_position[name]
+                   for earlier in model_order[:i])}
+
+
 def site_kl_differences(model_trace, guide_trace, kl=closed_form_kl) -> dict[str, torch.Tensor]:
     """Per latent site in both traces: its ``trace`` ELBO term minus its analytic one,
     log P(z) - log Q(z) + D[Q || P] (0-dim tensors, nats, summed over the batch). Each has
     expectation 0 under Q when the site's KL is right (exactly 0 where it falls back to
     Monte Carlo)."""
-    out = {}
+    out, closed = {}, closed_form_sites(model_trace, guide_trace)
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or name not in guide_trace.nodes:
             continue
         guide_site = guide_trace.nodes[name]
         out[name] = site["log_prob_sum"] - guide_site["log_prob_sum"] \
-            + site_kl(guide_site, site, kl)
+            + site_kl(guide_site, site, kl, name in closed)
     return out
 
 
@@ -143,10 +169,12 @@ def analytic_particle_elbo(model_trace, guide_trace, kl=closed_form_kl) -> torch
     The z in log P(x|z) is the guide's reparameterised draw, so the value is also its own
     pathwise gradient estimate. Latent sites in both traces use :func:`site_kl`; a model
     latent absent from the guide adds its sampled log-prob (as ``Trace_ELBO`` does); an
-    auxiliary guide site subtracts its sampled log-prob. Like ``TraceMeanField_ELBO``, this
-    assumes the mean-field condition (no model parent of z is a guide descendant of z).
+    auxiliary guide site subtracts its sampled log-prob. Where a site fails the mean-field
+    condition (a model parent of z drawn after z in the guide: :func:`closed_form_sites`) its
+    KL is sampled instead, so the estimate stays unbiased where ``TraceMeanField_ELBO`` only
+    warns.
     """
-    elbo = 0.0
+    elbo, closed = 0.0, closed_form_sites(model_trace, guide_trace)
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample":
             continue
@@ -154,7 +182,7 @@ def analytic_particle_elbo(model_trace, guide_trace, kl=closed_form_kl) -> torch
             elbo = elbo + site["log_prob_sum"]
             continue
         _check_reparameterised(guide_trace.nodes[name])
-        elbo = elbo - site_kl(guide_trace.nodes[name], site, kl)
+        elbo = elbo - site_kl(guide_trace.nodes[name], site, kl, name in closed)
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and name not in model_trace.nodes:
             _check_reparameterised(site)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy import stats
 
 
 class Moments:
@@ -46,9 +45,15 @@ class Moments:
 
 def parameter_groups(pair) -> dict[str, list[torch.nn.Parameter]]:
     """The parameters of each part of a model/guide pair: its own ``parameter_groups()``
-    (a :class:`~pyrovae.inference.pair.PyroPair`'s), else :func:`module_groups`."""
+    (a :class:`~pyrovae.inference.pair.PyroPair`'s), else :func:`module_groups`, with the
+    parameters no part holds (a module's own ``nn.Parameter`` attributes) as ``"other"``."""
     own = getattr(pair, "parameter_groups", None)
-    return own() if callable(own) else module_groups(pair)
+    if callable(own):
+        return own()
+    groups = module_groups(pair)
+    grouped = {id(p) for params in groups.values() for p in params}
+    rest = [p for p in pair.parameters() if id(p) not in grouped]
+    return {**groups, "other": rest} if rest else groups
 
 
 def module_groups(module: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
@@ -82,6 +87,8 @@ def grouped_gradients(loss: torch.Tensor, groups: dict[str, list[torch.nn.Parame
 
 def student_t_quantile(upper: float, dof: int) -> float:
     """t with P(T > t) = ``upper`` for Student's T with ``dof`` degrees of freedom."""
+    from scipy import stats  # imported here: scipy.stats takes 1.4 s to import
+
     return float(stats.t.isf(upper, dof))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyro.infer
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.tracegraph_elbo import _compute_elbo
-from pyro.infer.util import is_identically_zero
+from pyro.infer.util import is_identically_zero, torch_item
 
 from pyrovae.inference.elbo import ESTIMATORS, Estimator, EstimatorAxes
 from pyrovae.inference.kl import analytic_particle_elbo, closed_form_kl
@@ -70,6 +70,22 @@ class TraceGraphELBO(Estimator):
         return elbo, -surrogate_loss
 
 
+class SiteCheckedMeanFieldELBO(pyro.infer.TraceMeanField_ELBO):
+    """Pyro's ``TraceMeanField_ELBO`` (for ``pyro.infer.SVI``) with pyrovae's per-site rule:
+    a latent whose model parents the guide draws after it gets a sampled KL instead of the
+    closed form (:func:`~pyrovae.inference.kl.closed_form_sites`), where Pyro's would warn and
+    be biased. On a model that meets the mean-field condition (every one-latent VAE) it is
+    Pyro's estimator term for term."""
+
+    def _get_trace(self, model, guide, args, kwargs):
+        # Trace_ELBO's traces, without TraceMeanField_ELBO's site-order warning (handled)
+        return pyro.infer.Trace_ELBO._get_trace(self, model, guide, args, kwargs)
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo = analytic_particle_elbo(model_trace, guide_trace, closed_form_kl)
+        return -torch_item(elbo), -elbo
+
+
 @ESTIMATORS.register("analytic")
 class AnalyticELBO(Estimator):
     """The analytic-KL ELBO (Doersch's eq. 7; Pyro's ``TraceMeanField_ELBO``):
@@ -79,12 +95,15 @@ class AnalyticELBO(Estimator):
     (torch's registry, with the pairs pyrovae registers), falling back to the sampled
     ``log q - log p`` where no pair is registered; the reconstruction term is sampled with
     the guide's reparameterised draw. The same maths as
-    ``TraceMeanField_ELBO._differentiable_loss_particle`` without its ``torch_item``;
-    ``pyro_elbo()`` is Pyro's ``TraceMeanField_ELBO`` itself, for SVI. ``pyrovae check-kl``
-    checks it against ``trace`` on shared draws.
+    ``TraceMeanField_ELBO._differentiable_loss_particle`` without its ``torch_item``, except
+    that a latent failing the mean-field condition (a model parent drawn after it in the
+    guide, as in the hierarchical VAE's lower layers) has its KL sampled, not biased;
+    ``pyro_elbo()`` is Pyro's ``TraceMeanField_ELBO`` with that rule
+    (:class:`SiteCheckedMeanFieldELBO`), for SVI. ``pyrovae check-kl`` checks it against
+    ``trace`` on shared draws.
     """
 
-    pyro_class = pyro.infer.TraceMeanField_ELBO
+    pyro_class = SiteCheckedMeanFieldELBO
     AXES = EstimatorAxes(kl="analytic", rao_blackwell="none")
     supports_score_function = False
 

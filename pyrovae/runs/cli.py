@@ -12,7 +12,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -46,12 +48,23 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=_key_value, nargs="+", default=None,
                                 help=help_text, metavar="KEY=VALUE")
             continue
+        kind = next((t for t in typing.get_args(kind) if t is not type(None)), kind) \
+            if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind
         element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
-        element = next((t for t in typing.get_args(element) if t is not type(None)), element)
-        base = element if element in (int, float) else str
+        base = _int_list if typing.get_origin(element) is list else \
+            element if element in (int, float) else str
         extra = {"nargs": "+"} if typing.get_origin(kind) is list else {}
         parser.add_argument(flag, type=base, default=None, help=help_text,
                             metavar=name.upper(), **extra)
+
+
+def _int_list(text: str) -> list[int]:
+    """``"100,100"`` -> ``[100, 100]`` (one block's widths)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as "
+                                         f"100,100; got {text!r}") from None
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -291,9 +304,16 @@ def _evaluate(args) -> int:
     finally:
         distributed.shutdown(created)
     if ctx.is_main:  # printed first: a folder that cannot be written loses nothing
-        print(json.dumps(json_safe(result), indent=2), flush=True)
+        print(_compact_lists(json.dumps(json_safe(result), indent=2)), flush=True)
         write_json(args.run_dir / "evaluation.json", result)
+        job.evaluation_figures(args.run_dir, result)
     return 0
+
+
+def _compact_lists(text: str) -> str:
+    """Indented JSON with each list of numbers on one line (the per-unit activities)."""
+    return re.sub(r"\[\s+([-+\d.eE,\s]+?)\s+\]",
+                  lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
 
 
 def _check_kl(args) -> int:

@@ -38,6 +38,7 @@ from pyrovae.training.trainer import check_kl_weight
 MAX_WIDTH = 2 ** 20  # z_dim, hidden widths, mixture components: a 784 x 2**20 layer is 3 GB
 MAX_EPOCHS = 10 ** 6  # about a day at the digits' 0.1 s per epoch
 MAX_COUNT = 10 ** 4  # particles and flow steps
+DEFAULT_Z_DIM = 2
 REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
 RENAMED_VALUES = {"elbo": {"meanfield": "analytic"}}  # one estimator, once two names
 
@@ -86,7 +87,8 @@ class TrainConfig:
                     "and Y)", choices=GUIDES.names)
     components: int = _f(10, "mixture components K of the mixture and vamp priors")
     flow_steps: int = _f(2, "affine autoregressive steps of the flow prior and flow guide")
-    z_dim: int = _f(2, "latent dimension k (2 also draws figures/latent.png)")
+    z_dim: int = _f(DEFAULT_Z_DIM, "latent dimension k (2 also draws figures/latent.png); "
+                    "for an hvae, the top layer's")
     hidden: list[int] = _f([256], "encoder hidden widths; the decoder mirrors them")
     activation: str = _f("relu", "hidden activation", choices=ACTIVATIONS.names)
     elbo: str = _f("trace", "ELBO estimator used for training and evaluation",
@@ -129,20 +131,36 @@ class TrainConfig:
                            "their own priors, likelihoods, guides (see pyrovae.runs.plugins)")
     model: str = _f("vae", "the model kind: vae (P(X) with a latent), cvae (the "
                     "conditional VAE P(Y|X) of --condition, with its deterministic baseline), "
-                    "or MODULE:FACTORY, your own Pyro model: a class or function of a module "
-                    "(or .py file) returning an object with model and guide methods (see "
-                    "pyrovae.runs.user_job)", choices=lambda: JOBS.names())
+                    "hvae (stacked latent layers, --latent), or MODULE:FACTORY, your own Pyro "
+                    "model: a class or function of a module (or .py file) returning an object "
+                    "with model and guide methods (see pyrovae.runs.user_job)",
+                    choices=lambda: JOBS.names())
     model_options: dict[str, Any] = _f({}, "for --model MODULE:FACTORY: keyword arguments "
                                        "of the factory, as KEY=VALUE (VALUE read as JSON, "
                                        "else a string), e.g. z_dim=50 hidden_dim=400")
     condition: str | None = _f(None, "cvae task: quadrant (X one quadrant, Y the other "
                                "three), half (X the left half), label (X the one-hot class, "
                                "Y the image)", choices=CONDITIONS.names, kind="cvae")
+    latent: list[int] | None = _f(None, "hvae: the stochastic layers' sizes, bottom (next to "
+                                  "X) first, e.g. 100 50 (Burda's two layers); the top one "
+                                  "is z_dim (set from it)", kind="hvae")
+    block_hidden: list[list[int]] | None = _f(
+        None, "hvae: each block's hidden widths, comma-separated, one block per latent layer "
+        "(block l sits below layer l), e.g. 100,100 50,50 (default: --hidden for every block)",
+        kind="hvae", required=False)
 
-    def __post_init__(self):  # tuples (as Python callers write them) saved as JSON lists
-        for name in ("hidden", "plugin"):
-            if isinstance(getattr(self, name), tuple):
-                setattr(self, name, list(getattr(self, name)))
+    def __post_init__(self):
+        for name in ("hidden", "plugin", "latent", "block_hidden"):  # tuples (as Python
+            if isinstance(getattr(self, name), tuple):                # callers write them)
+                setattr(self, name, list(getattr(self, name)))        # saved as JSON lists
+        if isinstance(self.block_hidden, list):
+            self.block_hidden = [list(b) if isinstance(b, tuple) else b
+                                 for b in self.block_hidden]
+        # the hvae's top layer is its z_dim: taken from --latent unless z_dim was set apart
+        if self.model == "hvae" and isinstance(self.latent, list) and self.latent and \
+                isinstance(self.latent[-1], int) and self.latent[-1] >= 1 and \
+                self.z_dim == DEFAULT_Z_DIM:
+            self.z_dim = self.latent[-1]
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad field, its value and what is allowed.
@@ -173,7 +191,9 @@ class TrainConfig:
 
     def _validate_model(self) -> None:
         """``model`` and the fields that belong to one kind (metadata ``kind``): such a field
-        is set only for its kind, and is required there; then the kind's own checks."""
+        is set only for its kind, and is required there (unless its metadata says
+        ``required=False``), one of its ``choices`` if it has them; then the kind's own
+        checks."""
         if not isinstance(self.model, str) or \
                 (not is_user_model(self.model) and self.model not in JOBS):
             kinds = ", ".join(n for n in JOBS.names() if n != USER_MODEL)
@@ -194,9 +214,12 @@ class TrainConfig:
             if self.model != kind:
                 if value is not None:
                     raise ValueError(f"{name} {value!r} needs --model {kind}")
-            elif value not in _choices(name):
+            elif "choices" in f.metadata and value not in _choices(name):
                 raise ValueError(f"model {kind!r} needs {name}: one of "
                                  f"{', '.join(_choices(name))}; got {value!r}")
+            elif value is None and f.metadata.get("required", True):
+                raise ValueError(f"model {kind!r} needs {name}: --{name.replace('_', '-')} "
+                                 f"({f.metadata['help'].split(': ', 1)[-1]})")
         job_class(self.model).check_config(self)
 
     def build_estimator(self) -> Estimator:
@@ -262,7 +285,8 @@ def _has_type(value, hint) -> bool:
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                type(None): "null", list[int]: "a list of integers",
-               list[str]: "a list of strings", dict[str, Any]: "an object"}
+               list[str]: "a list of strings", dict[str, Any]: "an object",
+               list[list[int]]: "a list of lists of integers"}
 
 
 def _choices(name: str) -> list[str]:

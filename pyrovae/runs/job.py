@@ -17,6 +17,7 @@ Contract of a job instance (``job = job_class(config.model)(config, device)``):
     job.upgrade_state(state)   an earlier version's model state_dict in today's keys
     job.load(run_dir)          the trained model of a run folder (what ``load_run`` returns)
     job.evaluate(run_dir, ...) a JSON-ready dict for ``evaluation.json``
+    job.evaluation_figures(run_dir, result)  figures drawn from it, once it is saved
     job.sample(run_dir, ...)   write sample figures; returns a one-line summary
     job.test_pair(run_dir)     (model/guide pair, prepared test data) for check-kl, compare
 """
@@ -131,6 +132,11 @@ class Job:
                  ctx=None) -> dict:  # pragma: no cover - abstract
         """The evaluation of ``run_dir`` as a JSON-ready dict (``ctx``: the ranks)."""
         raise NotImplementedError
+
+    def evaluation_figures(self, run_dir: Path, result: dict) -> list[Path]:
+        """Figures drawn from :meth:`evaluate`'s result, written after it is saved (default:
+        none)."""
+        return []
 
     def sample(self, run_dir: Path, n: int | None = None, out: Path | None = None,
                seed: int = 0, **options) -> str:  # pragma: no cover - abstract

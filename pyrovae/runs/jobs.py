@@ -1,16 +1,17 @@
 """Every registered model kind, imported in one place, and what uses them by name.
 
 Importing this module registers the ``vae`` (:mod:`pyrovae.runs.vae_job`), ``cvae``
-(:mod:`pyrovae.runs.cvae_job`) and user-model (``module:factory``,
-:mod:`pyrovae.runs.user_job`) jobs in :data:`~pyrovae.runs.job.JOBS`. :func:`job_for_run`
-finds the job of a run folder from its ``config.json``; :func:`load_run` loads any kind.
+(:mod:`pyrovae.runs.cvae_job`), ``hvae`` (:mod:`pyrovae.runs.hvae_job`) and user-model
+(``module:factory``, :mod:`pyrovae.runs.user_job`) jobs in :data:`~pyrovae.runs.job.JOBS`.
+:func:`job_for_run` finds the job of a run folder from its ``config.json``; :func:`load_run`
+loads any kind.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pyrovae.runs import cvae_job, user_job, vae_job  # noqa: F401  (register their kinds)
+from pyrovae.runs import cvae_job, hvae_job, user_job, vae_job  # noqa: F401  (register kinds)
 from pyrovae.runs.checkpoints import ConfigMismatch, load_checkpoint
 from pyrovae.runs.config import TrainConfig, load_config
 from pyrovae.runs.job import Job, job_class

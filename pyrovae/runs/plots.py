@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import make_grid
+from matplotlib.ticker import MaxNLocator
 
 from pyrovae.models.vae import VAE
 from pyrovae.runs.folders import atomic_write
@@ -43,6 +43,8 @@ def image_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
     dim for colour ones (C = 3), on the CPU: ready for ``imshow``.
     """
     images = images.detach().float().cpu().clamp(0, 1)
+    from torchvision.utils import make_grid  # here: torchvision takes 2 s to import
+
     grid = make_grid(images, nrow=math.ceil(len(images) / rows), padding=1, pad_value=1.0)
     return grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)
 
@@ -176,7 +178,7 @@ def plot_latent(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: str | Pat
     """
     if vae.z_dim != 2:
         raise ValueError(f"plot_latent needs z_dim == 2, the model has z_dim {vae.z_dim}")
-    loc = vae.encoder(x)[0].cpu()
+    loc = vae.encode(x).cpu()
     quantiles = torch.linspace(0.05, 0.95, grid_size)
     axis = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
     z = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="xy"), -1).reshape(-1, 2)
@@ -185,7 +187,7 @@ def plot_latent(vae: VAE, x: torch.Tensor, labels: torch.Tensor, path: str | Pat
     left, right = fig.subplots(1, 2)
     points = left.scatter(loc[:, 0], loc[:, 1], c=labels.cpu(), cmap="tab10", s=6)
     fig.colorbar(points, ax=left, label="label")
-    left.set_title("test codes: posterior means mu(X)")
+    left.set_title("test codes: the guide's location of each X")
     left.set_xlabel("z[0]")
     left.set_ylabel("z[1]")
     right.imshow(image_grid(images, rows=grid_size).numpy(), cmap="gray", vmin=0, vmax=1)
@@ -249,4 +251,30 @@ def plot_comparison(rows: list[dict], path: str | Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()
+    return save_figure(fig, path)
+
+
+def plot_activity(activity: dict[str, dict], path: str | Path) -> Path:
+    """Burda's unit activity A_u = Cov_X(E_Q[u|X]), one panel per latent site: every unit's
+    activity, sorted (log scale, z units squared), with the threshold of an active unit.
+
+    ``activity`` maps a site to its summary (``evaluation.json``'s ``active_units``: ``active``,
+    ``units``, ``threshold``, ``activity``; :meth:`SiteActivity.summary
+    <pyrovae.inference.active_units.SiteActivity.summary>`)."""
+    fig = Figure(figsize=(4.5 * max(1, len(activity)), 3.6))
+    axes = fig.subplots(1, max(1, len(activity)), squeeze=False)[0]
+    for ax, (site, a) in zip(axes, activity.items()):
+        threshold = a["threshold"]
+        values = sorted((max(v, 1e-8) for v in a["activity"]), reverse=True)
+        ax.bar(range(1, len(values) + 1), values, width=1.0,
+               color=["C0" if v > threshold else "C7" for v in values])
+        ax.axhline(threshold, color="C3", linestyle="--", linewidth=1,
+                   label=f"threshold {threshold:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("unit (sorted by activity)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"site {site}: {a['active']} of {a['units']} units active", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("Cov_X(E_Q[u | X])")
     return save_figure(fig, path)

@@ -11,6 +11,7 @@ from pyrovae.components.data import Dataset
 from pyrovae.components.priors import PRIORS
 from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
+from pyrovae.inference.active_units import active_units, activity_report
 from pyrovae.inference.evaluation import evaluate_elbo, nll_report
 from pyrovae.models.vae import VAE
 from pyrovae.runs import plots
@@ -56,8 +57,12 @@ class VAEJob(Job):
             raise ValueError(f"prior {config.prior!r} is P(z|X) and needs a context: use it "
                              "with --model cvae")
 
+    def build(self, data_shape: tuple[int, ...]) -> VAE:
+        """The kind's model for data of ``data_shape``, on the CPU, freshly initialised."""
+        return build_vae(self.config, data_shape)
+
     def prepare(self, data: Dataset) -> None:
-        self.module = build_vae(self.config, data.image_shape).to(self.device)
+        self.module = self.build(data.image_shape).to(self.device)
         self.data = prepare_data(self.config, data, self.device, self.module.likelihood.check)
         self.train_x, self.test_x = self.data.train_x, self.data.test_x
 
@@ -67,7 +72,7 @@ class VAEJob(Job):
 
     def load(self, run_dir: Path) -> VAE:
         state, data_shape = model_state(run_dir)
-        vae = build_vae(self.config, data_shape)
+        vae = self.build(data_shape)
         vae.load_state_dict(state)
         return vae.to(self.device).eval()
 
@@ -79,8 +84,10 @@ class VAEJob(Job):
     def evaluate(self, run_dir: Path, batch_size: int = 1000, nll_samples: int = 0,
                  chunk: int = 500, limit: int | None = None, seed: int = 0,
                  ctx=distributed.SINGLE) -> dict:
-        """Test ELBO (and IS-k NLL) of the run; under torchrun each rank takes every W-th
-        test image and the result is over all of them."""
+        """Test ELBO (and IS-k NLL) of the run, and its active units (Burda's
+        Cov_X(E_Q[u|X]) > 0.01 per latent site, over every test image; figure
+        :meth:`evaluation_figures` draws them); under torchrun each rank takes every W-th test image
+        for the bounds and the result is over all of them."""
         vae, all_test = self.test_pair(run_dir)
         check_limit(limit, len(all_test))
         all_test = all_test[:limit]
@@ -103,7 +110,17 @@ class VAEJob(Job):
                     vae, test_x, nll_samples, chunk, progress=progress,
                     combine=lambda e: distributed.gather_log_likelihood(e, ctx))
             result.update(report)
+        # every rank scores all test data on the same draws (cheap: guide passes only)
+        with forked_rng(self.device):
+            pyro.set_rng_seed(seed)
+            activity, draws = active_units(vae, all_test, draws=None)
+        result.update(activity_report(activity, draws))
         return result
+
+    def evaluation_figures(self, run_dir: Path, result: dict) -> list[Path]:
+        """``figures/active_units.png`` from the evaluation's per-unit activities."""
+        return [plots.plot_activity(result["active_units"],
+                                    Path(run_dir) / "figures" / "active_units.png")]
 
     def sample(self, run_dir: Path, n: int | None = None, out: Path | None = None,
                seed: int = 0, given: str | None = None, rows: int | None = None) -> str:
