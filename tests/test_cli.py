@@ -49,7 +49,8 @@ def nan_dataset():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--dataset", "svhn"], "dataset must be one of digits, fashion-mnist, kmnist, mnist; "
+    (["--dataset", "svhn"], "dataset must be one of digits, fashion-mnist, kmnist, mnist, "
+                            "photo-patches; "
                             "got 'svhn'"),
     (["--sigma", "0"], "sigma must be a finite number > 0, got 0.0"),
     (["--z-dim", "0"], "z_dim must be an integer in [1, 1048576], got 0"),

@@ -42,8 +42,23 @@ def continuous_bernoulli_logpdf(x, lam):
     return log_norm + x * np.log(lam) + (1 - x) * np.log1p(-lam)
 
 
+def discretized_logistic_logpmf(x, r, k=5):
+    """PixelCNN++'s discretised logistic mixture from scipy's logistic CDF (survival function
+    right of each component's mean, where the CDF's difference would lose digits)."""
+    logits, loc, raw = (np.stack(r[i * k:(i + 1) * k]) for i in range(3))  # (k, ...) each
+    scale = np.exp(-7 + softplus(raw + 7))
+    c = 2 * x - 1
+    upper = np.where(c > 1 - 1e-9, np.inf, c + 1 / 255)
+    lower = np.where(c < -1 + 1e-9, -np.inf, c - 1 / 255)
+    left = stats.logistic.cdf(upper, loc, scale) - stats.logistic.cdf(lower, loc, scale)
+    right = stats.logistic.sf(lower, loc, scale) - stats.logistic.sf(upper, loc, scale)
+    weights = special.softmax(logits, axis=0)
+    return np.log((weights * np.where(c > loc, right, left)).sum(0))
+
+
 #: name -> (x, raw params as a list of arrays) -> elementwise log-density, from scipy/numpy
 REFERENCE = {
+    "discretized_logistic": discretized_logistic_logpmf,
     "bernoulli": lambda x, r: stats.bernoulli.logpmf(x, special.expit(r[0])),
     "continuous_bernoulli": lambda x, r: continuous_bernoulli_logpdf(x, special.expit(r[0])),
     "gaussian": lambda x, r: stats.norm.logpdf(x, r[0], 0.1),
@@ -64,6 +79,7 @@ def test_likelihood_log_prob_matches_a_reference(name):
     x = torch.rand(3, 6, generator=generator, dtype=torch.float64)
     x[:, :2] = torch.tensor([0.0, 1.0], dtype=torch.float64)  # the boundaries of [0, 1]
     x = torch.bernoulli(x, generator=generator) if name == "bernoulli" else x
+    x = torch.round(x * 255) / 255 if name == "discretized_logistic" else x  # 8-bit values
     ours = likelihood(raw, (6,)).log_prob(x)
     params = [p.numpy() for p in raw.reshape(3, k, 6).unbind(1)]
     expected = REFERENCE[name](x.numpy(), params).sum(-1)

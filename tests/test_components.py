@@ -30,6 +30,8 @@ def tiny_vae(**components) -> VAE:
 
 def data_for(likelihood: str, tiny_images, n: int = 8) -> torch.Tensor:
     grey, binary = tiny_images
+    if likelihood == "discretized_logistic":  # 8-bit values
+        return torch.round(grey[:n] * 255) / 255
     return binary[:n] if likelihood == "bernoulli" else grey[:n]
 
 

@@ -1,7 +1,7 @@
 """Data sets as tensors, binarisation, and a device-resident batch iterator.
 
 Every data set is returned as a :class:`Dataset` of float32 images in [0, 1] with shape
-``(N, 1, H, W)`` and int64 labels of shape ``(N,)``:
+``(N, C, H, W)`` (C = 1, grey, or 3, colour) and int64 labels of shape ``(N,)``:
 
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, values 0..16 scaled
   to [0, 1]), split 1,497 / 300 by a fixed seed. The embedded default: nothing is downloaded.
@@ -9,6 +9,10 @@ Every data set is returned as a :class:`Dataset` of float32 images in [0, 1] wit
   ``data_dir`` (default ``$PYROVAE_DATA`` or ``~/.cache/pyrovae``) in torchvision's layout
   (``MNIST/raw/...``). Gzipped raw files (``*.gz``) are decompressed once with torchvision's
   own utility, beside them or, where that folder is read-only, under the default cache.
+- ``photo-patches``: 16x16 colour patches of scikit-learn's two bundled sample photographs
+  (8,216 patches, ``(N, 3, 16, 16)``, 8-bit values; no download), for colour models.
+- ``folder:PATH`` and ``array:FILE``: the user's own images, grey or colour, ``(N, C, H, W)``
+  (:mod:`pyrovae.components.files`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from pyrovae.components.files import is_file_dataset, load_file_dataset, split
 from pyrovae.components.idx_files import decompress_idx, is_valid_idx
 from pyrovae.components.registry import Registry
 from pyrovae.components.validation import check_int, check_one_of
@@ -35,9 +41,9 @@ class Dataset:
 
     Attributes:
         name: registry name of the data set.
-        train_x: float32, shape ``(N_train, 1, H, W)``.
+        train_x: float32, shape ``(N_train, C, H, W)``.
         train_y: int64, shape ``(N_train,)``.
-        test_x: float32, shape ``(N_test, 1, H, W)``.
+        test_x: float32, shape ``(N_test, C, H, W)``.
         test_y: int64, shape ``(N_test,)``.
     """
 
@@ -66,11 +72,17 @@ def default_data_dir() -> Path:
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, download: bool = False
+    name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+    test_fraction: float = 0.1, layout: str = "auto",
 ) -> Dataset:
-    """Load the registered data set ``name`` (see the module docstring for the choices)."""
-    loader = DATASETS.get(name)
-    dataset = loader(Path(data_dir) if data_dir else default_data_dir(), download)
+    """Load the registered data set ``name`` (see the module docstring for the choices), or
+    the user's files ``folder:PATH`` / ``array:FILE`` (:mod:`pyrovae.components.files`:
+    ``test_fraction`` held out when they give no test set; ``layout`` of an array)."""
+    if is_file_dataset(name):
+        dataset = Dataset(name, *load_file_dataset(name, test_fraction, layout))
+    else:
+        loader = DATASETS.get(name)
+        dataset = loader(Path(data_dir) if data_dir else default_data_dir(), download)
     check_images(dataset.train_x, f"dataset {name!r} training images")
     check_images(dataset.test_x, f"dataset {name!r} test images")
     return dataset
@@ -148,6 +160,27 @@ def _torchvision_loader(registry_name: str, class_name: str):
     return load
 
 
+PATCH_SIZE, PATCH_STRIDE = 16, 8
+
+
+@DATASETS.register("photo-patches")
+def _load_photo_patches(data_dir: Path, download: bool) -> Dataset:
+    """16x16 RGB patches (stride 8) cut from scikit-learn's two bundled sample photographs
+    (``load_sample_images``: china.jpg, flower.jpg, 427x640; no download), 8-bit values
+    scaled by 1/255: 8,216 patches, ``(N, 3, 16, 16)``, labelled by photograph (0, 1), split
+    by a fixed seed with 10% for testing."""
+    from sklearn.datasets import load_sample_images
+
+    photos = torch.as_tensor(np.stack(load_sample_images().images)).permute(0, 3, 1, 2)
+    patches = photos.unfold(2, PATCH_SIZE, PATCH_STRIDE).unfold(3, PATCH_SIZE, PATCH_STRIDE)
+    # (2, 3, rows, cols, 16, 16) -> (2 * rows * cols, 3, 16, 16)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, PATCH_SIZE, PATCH_SIZE)
+    per_photo = len(patches) // len(photos)
+    labels = torch.arange(len(photos)).repeat_interleave(per_photo)
+    x = patches.float() / 255.0
+    return Dataset("photo-patches", *split(x, labels, 0.1, "photo-patches"))
+
+
 def _prepare_torchvision_root(cls, data_dir: Path, download: bool, name: str) -> Path:
     """Return a root where torchvision finds ``cls``'s decompressed raw files.
 
@@ -201,6 +234,24 @@ def binarize(x: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
     return torch.bernoulli(x, generator=generator)
 
 
+LEVELS = 256  # values of 8-bit data; dequantised data cover [0, 1) in cells of 1/256
+
+
+def dequantize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    """Uniform dequantisation of 8-bit data scaled to [0, 1] (``k / 255``): ``(k + u) / 256``
+    with u ~ U[0, 1) per value, so the values fill [0, 1) and a continuous density p on it
+    bounds the 8-bit probability: log P(k) >= E_u[log p((k + u) / 256)] - D log 256 (Theis et
+    al. 2016). ``seed``: a fixed draw (the test set); ``None``: the global RNG (each batch)."""
+    levels = torch.round(x * (LEVELS - 1))
+    if seed is None:
+        noise = torch.rand_like(x)
+    else:
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    # u below 1 - 2^-12: in float32, 255 + u would round up to 256 for u > 1 - 2^-17
+    return (levels + noise.clamp_(max=1 - 2 ** -12)) / LEVELS
+
+
 def check_binarize_mode(mode: str) -> None:
     check_one_of(mode, "binarize", BINARIZE_MODES)
 
@@ -228,14 +279,17 @@ class DeviceBatches:
         batch_size: at most N.
         dynamic_binarize: resample each batch of ``x`` (the first tensor of a tuple) from
             Bernoulli(x) as it is drawn.
+        dequantize: dequantise each batch of ``x`` afresh (:func:`dequantize`; 8-bit data).
     """
 
-    def __init__(self, x, batch_size: int, dynamic_binarize: bool = False):
+    def __init__(self, x, batch_size: int, dynamic_binarize: bool = False,
+                 dequantize: bool = False):
         self.tensors = (x,) if isinstance(x, torch.Tensor) else tuple(x)
         self.single = isinstance(x, torch.Tensor)
         check_batch_size(batch_size, len(self.tensors[0]))
         self.batch_size = batch_size
         self.dynamic_binarize = dynamic_binarize
+        self.dequantize = dequantize
 
     def __len__(self) -> int:
         return len(self.tensors[0]) // self.batch_size
@@ -248,4 +302,6 @@ class DeviceBatches:
             batch = [t[index] for t in self.tensors]
             if self.dynamic_binarize:
                 batch[0] = torch.bernoulli(batch[0])
+            if self.dequantize:
+                batch[0] = dequantize(batch[0])
             yield batch[0] if self.single else tuple(batch)

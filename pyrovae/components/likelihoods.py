@@ -7,7 +7,9 @@ A likelihood is a ``PyroModule`` with
 - ``forward(raw, data_shape)``: ``raw`` of shape ``(..., prod(data_shape) * params_per_value)``
   -> a distribution with batch shape ``raw.shape[:-1]`` and event shape ``data_shape``;
 - ``check(x)``: raises ``ValueError`` naming the value range found and the range allowed when
-  ``x`` lies outside the support (run once on the data, never inside the training step).
+  ``x`` lies outside the support (run once on the data, never inside the training step);
+- ``kind``: what its log-likelihood is, a probability of discrete values or a density, which
+  says what its bits per dimension can be compared with.
 
 New likelihoods plug in by registering a name in :data:`LIKELIHOODS`; their constructor takes
 keyword arguments only (e.g. ``sigma``), and unknown keywords are ignored by :func:`build`.
@@ -23,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from pyro.nn import PyroModule
 
+from pyrovae.components.logistic import DiscretizedLogisticMixture, on_the_grid
 from pyrovae.components.registry import Registry
-from pyrovae.components.validation import check_positive_float
+from pyrovae.components.validation import check_int, check_positive_float
 
 LIKELIHOODS: Registry = Registry("likelihood", options="model components")
 
@@ -34,6 +37,9 @@ class Likelihood(PyroModule):
 
     params_per_value: int = 1
     support_text: str = "any real value"
+    kind: str = ("density: a continuous density on the data's scale, not a probability of "
+                 "8-bit values (its bits/dim are not comparable with those of 8-bit models)")
+    normalised: bool = True  # log_prob is a normalised density (dequantised bits/dim bound)
 
     def forward(self, raw: torch.Tensor, data_shape: Sequence[int]) -> dist.TorchDistribution:
         data_shape = tuple(data_shape)
@@ -79,6 +85,7 @@ class BernoulliLikelihood(Likelihood):
     """
 
     support_text = "{0, 1} (binary)"
+    kind = "discrete: a probability of binary values"
 
     def distribution(self, logits):
         return dist.Bernoulli(logits=logits)
@@ -188,10 +195,48 @@ class BetaLikelihood(UnitIntervalLikelihood):
 
     params_per_value = 2
     MIN_CONCENTRATION = 1e-3
+    normalised = False  # clamped at the edges: not a density that integrates to 1 there
 
     def distribution(self, raw_a, raw_b):
         return ClampedBeta(F.softplus(raw_a) + self.MIN_CONCENTRATION,
                            F.softplus(raw_b) + self.MIN_CONCENTRATION)
+
+
+@LIKELIHOODS.register("discretized_logistic")
+class DiscretizedLogisticLikelihood(Likelihood):
+    """P(X|z) = prod_i DLM(x_i; the decoder's K weights, means, scales): a mixture of K
+    discretised logistics over the 256 values of 8-bit data (PixelCNN++'s likelihood, each
+    value independent given z; :mod:`pyrovae.components.logistic`).
+
+    ``3 K`` decoder outputs per value: K logits, K means (centred scale [-1, 1]), K raw log
+    scales with log s = -7 + softplus(raw + 7) (a floor at e^-7, smooth). The data must be on
+    the 1/255 grid of [0, 1] (MNIST as loaded; not binarised or dequantised data).
+
+    Args:
+        logistic_components: K >= 1.
+    """
+
+    support_text = "the 256 values k/255 of 8-bit data, k = 0..255"
+    kind = "discrete: a probability of 8-bit values"
+    MIN_LOG_SCALE = -7.0
+
+    def __init__(self, logistic_components: int = 5):
+        super().__init__()
+        self.components = check_int(logistic_components, "logistic_components")
+        self.params_per_value = 3 * self.components
+
+    def distribution(self, *params):
+        k = self.components
+        logits, loc, raw = (torch.stack(params[i * k:(i + 1) * k], -1) for i in range(3))
+        log_scale = self.MIN_LOG_SCALE + F.softplus(raw - self.MIN_LOG_SCALE)
+        return DiscretizedLogisticMixture(logits, loc, log_scale)
+
+    def in_support(self, x):
+        return on_the_grid(x)
+
+    def check(self, x, hint=""):
+        super().check(x, hint or "; 8-bit images scaled by 1/255 (no --binarize, no "
+                      "dequantisation)")
 
 
 def build_likelihood(name: str, **options) -> Likelihood:

@@ -26,6 +26,7 @@ ACTIVATIONS.register("elu", nn.ELU)
 ACTIVATIONS.register("gelu", nn.GELU)
 
 MIN_SCALE = 1e-5  # floor on the encoder's standard deviations, keeps log q finite
+NETWORKS = ("mlp", "conv")  # fully connected (here), convolutional (components.conv)
 
 
 def check_sizes(hidden: Sequence[int], what: str = "hidden") -> tuple[int, ...]:

@@ -8,10 +8,11 @@
                or a flow)
 
 all inside the plate ``"data"``, sites ``"z1"`` (next to the data) to ``"z<L>"`` (the top).
-Every estimator trains it as it trains the VAE: they read Pyro traces, whatever their sites;
-the analytic ones take each site's KL in closed form where it has one (the Gaussian layers
-below the top, at the guide's draw of the layer above, as Pyro's ``TraceMeanField_ELBO``
-does) and by Monte Carlo otherwise.
+Every estimator trains it as it trains the VAE: they read Pyro traces, whatever their sites.
+The analytic one takes a site's KL in closed form only where that is unbiased, which here is
+the top site alone (each lower layer's model parent, the layer above, is drawn after it by
+the bottom-up guide; :func:`~pyrovae.inference.kl.closed_form_sites`): the lower layers'
+KLs are sampled.
 
 Block l (1-based) is the deterministic network between stochastic layers l-1 and l (layer 0
 is X): the encoder of Q(z_l | z_{l-1}) has the block's hidden widths, and the generative
@@ -68,6 +69,10 @@ class HierarchicalVAE(PyroModule):
         likelihood: P(X | z_1): a :class:`~pyrovae.components.likelihoods.Likelihood` or a
             registered name.
         guide: the registered guide name of every layer's Q (``"diagonal"``, ``"flow"``).
+        encoder, decoder: optional networks of the bottom block replacing its MLPs (e.g.
+            :class:`~pyrovae.components.conv.ConvEncoder` / ``ConvDecoder``): the encoder
+            maps ``(..., *data_shape)`` to ``loc, scale`` ``(..., latent[0])``, the decoder
+            ``(..., latent[0])`` to the likelihood's raw parameters, flat.
         options: options for the components built from names (``sigma``, ``components``,
             ``flow_steps``), each passed to those that declare it.
 
@@ -81,6 +86,7 @@ class HierarchicalVAE(PyroModule):
                  hidden: Sequence[int] | Sequence[Sequence[int]] = ((100, 100), (50, 50)),
                  activation: str = "relu", prior: Prior | str = "standard_normal",
                  likelihood: Likelihood | str = "gaussian", guide: str = "diagonal",
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None,
                  **options):
         super().__init__()
         self.data_shape = check_sizes(data_shape, "data_shape")
@@ -91,8 +97,9 @@ class HierarchicalVAE(PyroModule):
             if isinstance(likelihood, str) else likelihood
         below = (self.data_shape, *((size,) for size in self.latent[:-1]))  # block inputs
         self.encoders = PyroModule[nn.ModuleList](
-            [Encoder(shape, widths, size, activation)
-             for shape, widths, size in zip(below, self.hidden, self.latent)])
+            [encoder if i == 0 and encoder is not None else Encoder(shape, widths, size,
+                                                                     activation)
+             for i, (shape, widths, size) in enumerate(zip(below, self.hidden, self.latent))])
         self.q = PyroModule[nn.ModuleList](
             [build_guide(guide, shape, size, hidden=widths, **options)
              for shape, widths, size in zip(below, self.hidden, self.latent)])
@@ -101,7 +108,8 @@ class HierarchicalVAE(PyroModule):
             [Encoder((self.latent[i + 1],), tuple(reversed(self.hidden[i + 1])),
                      self.latent[i], activation) for i in range(len(self.latent) - 1)])
         out_dim = math.prod(self.data_shape) * self.likelihood.params_per_value
-        self.decoder = Decoder(self.latent[0], self.hidden[0], out_dim, activation)
+        self.decoder = decoder if decoder is not None else \
+            Decoder(self.latent[0], self.hidden[0], out_dim, activation)
         self.prior = build_prior(prior, self.latent[-1], hidden=self.hidden[-1],
                                  activation=activation, **options) \
             if isinstance(prior, str) else prior

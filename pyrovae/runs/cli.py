@@ -18,6 +18,7 @@ import types
 import typing
 from pathlib import Path
 
+from pyrovae.components.files import is_file_dataset
 from pyrovae.components.validation import check_seed
 from pyrovae.runs.config import CONFIG_FIELDS, TrainConfig, migrate
 from pyrovae.training.distributed import RankFailure
@@ -226,6 +227,9 @@ def _given_fields(args: argparse.Namespace) -> dict:
     for name in ("plugin", "model"):  # .py paths made absolute: later commands run elsewhere
         if name in given:
             given[name] = _absolute_py_paths(given[name])
+    if is_file_dataset(given.get("dataset")):  # folder:PATH, array:FILE likewise
+        kind, _, path = given["dataset"].partition(":")
+        given["dataset"] = f"{kind}:{Path(path).expanduser().resolve()}"
     if "model_options" in given:
         given["model_options"] = dict(given["model_options"])
     return given

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pyrovae.components.data import BINARIZE_MODES, DATASETS
+from pyrovae.components.files import LAYOUTS, check_file_dataset_name, is_file_dataset
 from pyrovae.components.guides import GUIDES
 from pyrovae.components.likelihoods import LIKELIHOODS
-from pyrovae.components.networks import ACTIVATIONS
+from pyrovae.components.networks import ACTIVATIONS, NETWORKS
 from pyrovae.components.priors import PRIORS
 from pyrovae.components.validation import (
     check_bool,
@@ -71,12 +72,22 @@ def _f(default, help: str, **extra):
 class TrainConfig:
     """Everything that defines a training run. Defaults: the ~1-minute CPU digits demo."""
 
-    dataset: str = _f("digits", "data set", choices=DATASETS.names)
+    dataset: str = _f("digits", "data set, or your own images: folder:PATH (image files; "
+                      "sub-folders are labels, train/ and test/ the split) or array:FILE "
+                      "(.npy, or .npz with x, y, test_x, test_y)", choices=DATASETS.names)
+    test_fraction: float = _f(0.1, "folder:/array: data without a test set: the share held "
+                              "out for testing (a fixed-seed split)")
+    layout: str = _f("auto", "array: data of shape (N, a, b, c): channels first (nchw) or "
+                     "last (nhwc); auto reads it from the shape", choices=lambda: list(LAYOUTS))
     data_dir: str | None = _f(None, "folder holding torchvision-layout data (default "
                               "$PYROVAE_DATA or ~/.cache/pyrovae)")
     download: bool = _f(False, "let torchvision download a missing data set")
     binarize: str = _f("none", "binarise pixels: none, static (sampled once, fixed seed) or "
                        "dynamic (resampled every batch)", choices=lambda: list(BINARIZE_MODES))
+    dequantize: bool = _f(False, "8-bit data: train on (k + u) / 256, u ~ U[0, 1) afresh "
+                          "each batch (the test set dequantised once), so a continuous "
+                          "likelihood's bits/dim bound those of the 8-bit values (+ log 256 "
+                          "per dimension)")
     likelihood: str = _f("gaussian", "P(X|z)", choices=LIKELIHOODS.names)
     sigma: float = _f(0.1, "standard deviation of the fixed-sigma Gaussian likelihood (the "
                       "scale b of the laplace one), in pixel units (data in [0, 1])")
@@ -87,10 +98,17 @@ class TrainConfig:
                     "and Y)", choices=GUIDES.names)
     components: int = _f(10, "mixture components K of the mixture and vamp priors")
     flow_steps: int = _f(2, "affine autoregressive steps of the flow prior and flow guide")
+    logistic_components: int = _f(5, "mixture components K of the discretized_logistic "
+                                  "likelihood (8-bit data)")
     z_dim: int = _f(DEFAULT_Z_DIM, "latent dimension k (2 also draws figures/latent.png); "
                     "for an hvae, the top layer's")
     hidden: list[int] = _f([256], "encoder hidden widths; the decoder mirrors them")
     activation: str = _f("relu", "hidden activation", choices=ACTIVATIONS.names)
+    network: str = _f("mlp", "encoder and decoder: mlp (fully connected, --hidden), or conv "
+                      "(--channels down-sampling conv blocks, then --hidden fully connected; "
+                      "the decoder mirrors it)", choices=lambda: list(NETWORKS))
+    channels: list[int] = _f([32, 64], "conv: output channels of each down-sampling block "
+                             "(each halves the image's height and width)")
     elbo: str = _f("trace", "ELBO estimator used for training and evaluation",
                    choices=ESTIMATORS.names)
     particles: int = _f(1, "Monte-Carlo particles per step")
@@ -150,9 +168,9 @@ class TrainConfig:
         kind="hvae", required=False)
 
     def __post_init__(self):
-        for name in ("hidden", "plugin", "latent", "block_hidden"):  # tuples (as Python
-            if isinstance(getattr(self, name), tuple):                # callers write them)
-                setattr(self, name, list(getattr(self, name)))        # saved as JSON lists
+        for name in ("hidden", "plugin", "latent", "block_hidden", "channels"):  # tuples, as
+            if isinstance(getattr(self, name), tuple):  # Python callers write them, are
+                setattr(self, name, list(getattr(self, name)))  # saved as JSON lists
         if isinstance(self.block_hidden, list):
             self.block_hidden = [list(b) if isinstance(b, tuple) else b
                                  for b in self.block_hidden]
@@ -168,23 +186,49 @@ class TrainConfig:
         Imports the ``plugin`` modules first, so the names they register are known.
         """
         load_plugins(self.plugin)
-        for name in ("dataset", "likelihood", "prior", "guide", "activation", "elbo",
-                     "stepper", "compile", "gemm", "on_nan", "binarize"):
+        for name in ("likelihood", "prior", "guide", "activation", "elbo", "stepper",
+                     "compile", "gemm", "on_nan", "binarize", "layout", "network"):
             check_one_of(getattr(self, name), name, _choices(name))
+        if is_file_dataset(self.dataset):
+            check_file_dataset_name(self.dataset)
+        else:
+            try:
+                check_one_of(self.dataset, "dataset", _choices("dataset"))
+            except ValueError as error:
+                raise ValueError(f"{error}; or your own images: folder:PATH, "
+                                 "array:FILE.npy|.npz") from None
+        if not isinstance(self.test_fraction, (int, float)) or isinstance(
+                self.test_fraction, bool) or not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be a number in (0, 1), got "
+                             f"{self.test_fraction!r}")
         for name, most in (("z_dim", MAX_WIDTH), ("components", MAX_WIDTH),
                            ("epochs", MAX_EPOCHS), ("particles", MAX_COUNT),
-                           ("flow_steps", MAX_COUNT), ("batch_size", None)):
+                           ("flow_steps", MAX_COUNT), ("logistic_components", MAX_COUNT),
+                           ("batch_size", None)):
             check_int(getattr(self, name), name, maximum=most)
         check_seed(self.seed)
         for name in ("sigma", "lr", "dist_timeout") + \
                 (("clip_norm",) if self.clip_norm is not None else ()):
             check_positive_float(getattr(self, name), name)
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int)
-                                  or not 1 <= h <= MAX_WIDTH for h in self.hidden):
-            raise ValueError(f"hidden must be one or more integers in [1, {MAX_WIDTH}]; got "
-                             f"{self.hidden!r}")
+        for name in ("hidden", "channels"):
+            sizes = getattr(self, name)
+            if not sizes or any(isinstance(h, bool) or not isinstance(h, int)
+                                or not 1 <= h <= MAX_WIDTH for h in sizes):
+                raise ValueError(f"{name} must be one or more integers in [1, {MAX_WIDTH}]; "
+                                 f"got {sizes!r}")
         check_alpha(self.alpha)
         check_bool(self.score_function, "score_function")
+        check_bool(self.dequantize, "dequantize")
+        likelihood = LIKELIHOODS.get(self.likelihood)
+        if self.dequantize and (self.binarize != "none" or
+                                getattr(likelihood, "kind", "").startswith("discrete")):
+            raise ValueError(f"dequantize makes 8-bit values continuous, for a density; it "
+                             f"does not suit --binarize {self.binarize} or the discrete "
+                             f"likelihood {self.likelihood!r}")
+        if self.dequantize and not getattr(likelihood, "normalised", True):
+            raise ValueError(f"dequantize needs a normalised density for its bits/dim bound; "
+                             f"likelihood {self.likelihood!r} is not one (it is clamped at "
+                             "the edges)")
         check_kl_weight(self.beta, self.kl_warmup, self.build_estimator())
         self._validate_model()
         return self

@@ -101,6 +101,15 @@ class CVAEJob(Job):
     batch); ``data`` the prepared images and labels on ``device`` (for the figures).
     """
 
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        if config.dequantize:
+            raise ValueError("--dequantize is for the vae and hvae kinds (the cvae's bits/dim "
+                             "carry no log 256 correction)")
+        if config.network != "mlp":
+            raise ValueError("--network conv is for the vae and hvae kinds (the cvae's encoder "
+                             "reads X and Y as one flat vector)")
+
     def prepare(self, data: Dataset) -> None:
         config = self.config
         self.condition = build_condition(config.condition, data.image_shape)

@@ -10,19 +10,23 @@ has 2 units), evaluation (bounds, IS-k NLL, active units of every layer) and sam
 
 from __future__ import annotations
 
+from pyrovae.components.likelihoods import build_likelihood
 from pyrovae.models.hvae import HierarchicalVAE
 from pyrovae.runs.config import MAX_WIDTH, TrainConfig
 from pyrovae.runs.job import JOBS, component_options
-from pyrovae.runs.vae_job import VAEJob
+from pyrovae.runs.vae_job import VAEJob, conv_networks
 
 
 def build_hvae(config: TrainConfig, data_shape: tuple[int, ...]) -> HierarchicalVAE:
     """The hierarchical VAE a config describes, on the CPU: layers ``latent``, blocks
     ``block_hidden`` (``hidden`` for every block when not given)."""
-    return HierarchicalVAE(data_shape, latent=config.latent,
-                           hidden=config.block_hidden or config.hidden,
+    likelihood = build_likelihood(config.likelihood, **component_options(config))
+    hidden = config.block_hidden or [config.hidden] * len(config.latent)
+    bottom = conv_networks(config, data_shape, config.latent[0], likelihood.params_per_value,
+                           hidden[0])
+    return HierarchicalVAE(data_shape, latent=config.latent, hidden=hidden,
                            activation=config.activation, prior=config.prior,
-                           likelihood=config.likelihood, guide=config.guide,
+                           likelihood=likelihood, guide=config.guide, **bottom,
                            **component_options(config))
 
 
@@ -34,16 +38,20 @@ class HVAEJob(VAEJob):
     def check_config(cls, config: TrainConfig) -> None:
         super().check_config(config)
         latent = config.latent
-        if not latent or any(isinstance(u, bool) or not 1 <= u <= MAX_WIDTH for u in latent):
+        if not isinstance(latent, list) or not latent or any(
+                isinstance(u, bool) or not isinstance(u, int) or not 1 <= u <= MAX_WIDTH
+                for u in latent):
             raise ValueError(f"latent must be one or more layer sizes in [1, {MAX_WIDTH}], "
                              f"bottom first; got {latent!r}")
         if config.z_dim != latent[-1]:
             raise ValueError(f"z_dim is the hvae's top layer: leave it out, or give "
                              f"{latent[-1]} (latent {latent}); got {config.z_dim}")
         blocks = config.block_hidden
-        if blocks is not None and (len(blocks) != len(latent) or any(
-                not b or any(isinstance(w, bool) or not 1 <= w <= MAX_WIDTH for w in b)
-                for b in blocks)):
+        if blocks is not None and (not isinstance(blocks, list) or len(blocks) != len(latent)
+                                   or any(not isinstance(b, list) or not b or any(
+                                       isinstance(w, bool) or not isinstance(w, int)
+                                       or not 1 <= w <= MAX_WIDTH for w in b)
+                                       for b in blocks)):
             raise ValueError(f"block_hidden must give one list of widths in [1, {MAX_WIDTH}] "
                              f"per latent layer ({len(latent)}: latent {latent}); got "
                              f"{blocks!r}")

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pyrovae.components.data import Dataset, binarize, load_dataset
+from pyrovae.components.data import Dataset, binarize, dequantize, load_dataset
+from pyrovae.components.logistic import on_the_grid
 from pyrovae.components.registry import Registry
 
 if TYPE_CHECKING:  # the config validates its model kind through JOBS
@@ -51,17 +52,27 @@ def job_class(model: str) -> type[Job]:
     return JOBS.get(USER_MODEL if is_user_model(model) else model)
 
 
+TEST_DEQUANTIZE_SEED = 2  # one dequantised test set for every run seed: runs compare
+
+
 def prepare_data(config: TrainConfig, data: Dataset, device: torch.device,
                  check: Callable[[torch.Tensor], None] | None = None) -> Dataset:
-    """Binarise (static) and ``check`` ``data`` (e.g. a likelihood's support check; the
-    training images as the model sees them); move it to ``device``. The test set is
-    binarised once, with a fixed seed."""
+    """Binarise (static) or dequantise, and ``check`` ``data`` (e.g. a likelihood's support
+    check; the training images as the model sees them); move it to ``device``. The test set
+    is binarised or dequantised once, with a fixed seed."""
+    if config.dequantize:
+        off = int((~on_the_grid(data.train_x)).sum()) + int((~on_the_grid(data.test_x)).sum())
+        if off:
+            raise ValueError(f"--dequantize needs 8-bit data (values k/255 in [0, 1]); "
+                             f"{off} values of data set {config.dataset!r} are not")
+        data.test_x = dequantize(data.test_x, seed=TEST_DEQUANTIZE_SEED)
     if config.binarize == "static":
         data.train_x = binarize(data.train_x, "static", seed=config.seed)
     if config.binarize != "none":
         data.test_x = binarize(data.test_x, "static", seed=config.seed + 1)
     # the model sees binary data under dynamic binarisation: check one draw of it
-    seen = binarize(data.train_x, "static") if config.binarize == "dynamic" else data.train_x
+    seen = binarize(data.train_x, "static") if config.binarize == "dynamic" else \
+        dequantize(data.train_x, seed=config.seed) if config.dequantize else data.train_x
     if check is not None:
         check(seen)
     return data.to(device)
@@ -70,7 +81,7 @@ def prepare_data(config: TrainConfig, data: Dataset, device: torch.device,
 def component_options(config: TrainConfig) -> dict:
     """The config's options for components built by name (each takes those it declares)."""
     return {"sigma": config.sigma, "components": config.components,
-            "flow_steps": config.flow_steps}
+            "flow_steps": config.flow_steps, "logistic_components": config.logistic_components}
 
 
 class Job:
@@ -109,7 +120,9 @@ class Job:
 
     def load_data(self) -> Dataset:
         """The config's data set as loaded from disk (not yet prepared)."""
-        return load_dataset(self.config.dataset, self.config.data_dir, download=False)
+        c = self.config
+        return load_dataset(c.dataset, c.data_dir, download=False,
+                            test_fraction=c.test_fraction, layout=c.layout)
 
     def prepare(self, data: Dataset) -> None:  # pragma: no cover - abstract
         """Set ``module`` (on ``device``), ``data``, ``train_x`` and ``test_x`` from ``data``."""

@@ -118,7 +118,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
         if ctx.is_main:
             load_dataset(config.dataset, config.data_dir, True)
         distributed.barrier(ctx)
-    job.prepare(load_dataset(config.dataset, config.data_dir, config.download and ctx.is_main))
+    job.prepare(load_dataset(config.dataset, config.data_dir, config.download and ctx.is_main,
+                             config.test_fraction, config.layout))
     check_batch_size(config.batch_size, len(job.train_x))
     distributed.check_shardable(len(job.test_x), ctx, "the test set")
     batch_size = distributed.local_batch_size(config.batch_size, ctx)
@@ -166,7 +167,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
         raise
     trainer.fit(train_x, config.epochs, batch_size, test_x=test_x,
                 dynamic_binarize=config.binarize == "dynamic", callbacks=callbacks,
-                progress=progress)
+                progress=progress, dequantize=config.dequantize)
     if trainer.epoch < config.epochs:
         raise RunInterrupted(run_dir, trainer.epoch)
     if ctx.is_main:  # what the kind writes at the end: figures, baselines

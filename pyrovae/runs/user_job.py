@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 #: TrainConfig fields that configure pyrovae's own VAE, not a user's model
 VAE_FIELDS = ("likelihood", "sigma", "prior", "guide", "components", "flow_steps", "z_dim",
-              "hidden", "activation")
+              "hidden", "activation", "logistic_components", "network", "channels")
 
 
 def load_factory(spec: str):
@@ -109,6 +109,9 @@ class UserModelJob(VAEJob):
             flags = ", ".join("--" + name.replace("_", "-") for name in changed)
             raise ValueError(f"{flags} configure pyrovae's own VAE; --model {config.model} "
                              "builds its own: pass its options with --model-options KEY=VALUE")
+        if config.dequantize:
+            raise ValueError(f"--dequantize needs pyrovae's own likelihoods (for the log 256 "
+                             f"correction of bits/dim); --model {config.model} brings its own")
         load_factory(config.model)
 
     def summary(self) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pyro
 import torch
 
-from pyrovae.components.data import Dataset
+from pyrovae.components.conv import ConvDecoder, ConvEncoder
+from pyrovae.components.data import LEVELS, Dataset
+from pyrovae.components.likelihoods import build_likelihood
 from pyrovae.components.priors import PRIORS
 from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
@@ -21,6 +24,18 @@ from pyrovae.runs.job import JOBS, Job, check_limit, component_options, prepare_
 from pyrovae.training import distributed
 from pyrovae.training.callbacks import NllProgress
 
+DEQUANTIZED_KIND = ("dequantised: a density on (k + u) / 256, whose NLL + D log 256 bounds "
+                    "the 8-bit values' (test_nll_8bit; bits/dim from it)")
+
+
+def dequantized_bits(report: dict, dims: int) -> dict:
+    """For a density on dequantised data (D values per datum): -log P(8-bit X) <= test_nll +
+    D log 256 nats, and the bits per dimension of that bound (test_nll/(D ln 2) + 8)."""
+    nats = report["test_nll"] + dims * math.log(LEVELS)
+    return {"test_nll_8bit": nats,
+            "test_nll_bits_per_dim": nats / (dims * math.log(2)),
+            "test_nll_bits_per_dim_continuous": report["test_nll_bits_per_dim"]}
+
 
 def build_vae(config: TrainConfig, data_shape: tuple[int, ...]) -> VAE:
     """The VAE a config describes (prior, likelihood, guide, networks), on the CPU.
@@ -28,9 +43,26 @@ def build_vae(config: TrainConfig, data_shape: tuple[int, ...]) -> VAE:
     The VAE builds its components by name; each takes the options of the config that its
     constructor declares (``sigma``, ``components``, ``flow_steps``, ``hidden``).
     """
+    likelihood = build_likelihood(config.likelihood, **component_options(config))
     return VAE(data_shape, z_dim=config.z_dim, hidden=config.hidden,
-               activation=config.activation, prior=config.prior,
-               likelihood=config.likelihood, guide=config.guide, **component_options(config))
+               activation=config.activation, prior=config.prior, likelihood=likelihood,
+               guide=config.guide,
+               **conv_networks(config, data_shape, config.z_dim, likelihood.params_per_value),
+               **component_options(config))
+
+
+def conv_networks(config: TrainConfig, data_shape: tuple[int, ...], z_dim: int,
+                  params_per_value: int, hidden: list[int] | None = None) -> dict:
+    """``{"encoder": ConvEncoder, "decoder": ConvDecoder}`` for ``network="conv"`` (between
+    X and a ``z_dim`` latent layer; fully connected widths ``hidden``, default the
+    config's), else ``{}`` (the models' own MLPs)."""
+    if config.network != "conv":
+        return {}
+    hidden = config.hidden if hidden is None else hidden
+    return {"encoder": ConvEncoder(data_shape, config.channels, hidden, z_dim,
+                                   config.activation),
+            "decoder": ConvDecoder(z_dim, data_shape, config.channels, hidden,
+                                   params_per_value, config.activation)}
 
 
 def write_figures(vae: VAE, data: Dataset, history: list[dict], folder: Path,
@@ -101,6 +133,8 @@ class VAEJob(Job):
             "n_test": len(all_test),
             "estimator": self.config.elbo,
             "units": "nats per datum",
+            "likelihood_kind": DEQUANTIZED_KIND if self.config.dequantize else
+            getattr(getattr(vae, "likelihood", None), "kind", "unknown (a user's model)"),
             "seed": seed,
             "world_size": ctx.world_size,
         }
@@ -110,6 +144,8 @@ class VAEJob(Job):
                     vae, test_x, nll_samples, chunk, progress=progress,
                     combine=lambda e: distributed.gather_log_likelihood(e, ctx))
             result.update(report)
+            if self.config.dequantize:
+                result.update(dequantized_bits(report, all_test[0].numel()))
         # every rank scores all test data on the same draws (cheap: guide passes only)
         with forked_rng(self.device):
             pyro.set_rng_seed(seed)

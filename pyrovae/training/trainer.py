@@ -244,6 +244,7 @@ class Trainer:
         dynamic_binarize: bool = False,
         callbacks: Sequence[Callback] = (),
         progress: bool | None = None,
+        dequantize: bool = False,
     ) -> list[dict]:
         """Train until ``self.epoch == epochs`` (so a restored trainer continues where it was).
 
@@ -255,6 +256,7 @@ class Trainer:
                 is dropped.
             test_x: optional held-out data; its ELBO is measured after each epoch.
             dynamic_binarize: resample binary data from the grey levels in every batch.
+            dequantize: dequantise 8-bit data afresh in every batch (``(k + u) / 256``).
             callbacks: :class:`~pyrovae.training.callbacks.Callback` objects, called in
                 order with host values (checkpoints, metrics files, signals).
             progress: a :class:`~pyrovae.training.callbacks.ProgressBar` is added unless
@@ -275,7 +277,7 @@ class Trainer:
         self.check_data(train_x, "train_x")
         if test_x is not None:
             self.check_data(test_x, "test_x")
-        batches = DeviceBatches(train_x, batch_size, dynamic_binarize)
+        batches = DeviceBatches(train_x, batch_size, dynamic_binarize, dequantize)
         if self._stepper is None or not self.pair.is_set_up:  # once: a resumed fit is ready
             self.prepare(take(train_x, slice(0, batch_size)))
         self._choose_graph(take(train_x, slice(0, batch_size)),
