@@ -34,3 +34,18 @@ def exact_gradients(pair, value: torch.Tensor) -> dict[str, torch.Tensor]:
     grads = iter([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
     return {name: torch.cat([next(grads).reshape(-1) for _ in group])
             for name, group in groups.items()}
+
+
+def assert_sync_free_and_capturable(pair, estimator, x: torch.Tensor) -> None:
+    """Two fast steps on ``x[:8]`` under the sync guard (no host read), a finite loss, and
+    the step capturable in a CUDA graph (the structural check, which runs on the CPU)."""
+    from pyrovae.training.steppers import FastStepper, graph_capturable
+    from pyrovae.training.sync_guard import SyncGuard
+
+    stepper = FastStepper(pair, estimator, lr=1e-3, clip_norm=1.0)
+    with SyncGuard():
+        stepper.step(x[:8])
+        stepper.step(x[:8])
+    assert math.isfinite(stepper.take_epoch().loss_sum)
+    ok, reason = graph_capturable(pair, estimator, x[:4], torch.device("cuda"))
+    assert ok, reason

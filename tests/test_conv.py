@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from reference import assert_sync_free_and_capturable
 
 from pyrovae.components.conv import ConvDecoder, ConvEncoder
 from pyrovae.components.priors import prior_names
@@ -13,8 +14,6 @@ from pyrovae.inference.estimators import ESTIMATORS, build_estimator
 from pyrovae.models.hvae import HierarchicalVAE
 from pyrovae.models.vae import VAE
 from pyrovae.runs.cli import main
-from pyrovae.training.steppers import FastStepper, graph_capturable
-from pyrovae.training.sync_guard import SyncGuard
 from pyrovae.training.trainer import Trainer
 
 SHAPE = (3, 8, 8)
@@ -85,14 +84,7 @@ def test_every_prior_trains_with_conv_networks_sync_free_and_capturable(prior):
     x = images()
     vae = conv_vae(prior=prior, likelihood="discretized_logistic", logistic_components=2,
                    params=6)
-    estimator = build_estimator("iwae", 2)
-    stepper = FastStepper(vae, estimator, lr=1e-3, clip_norm=1.0)
-    with SyncGuard():
-        stepper.step(x[:8])
-        stepper.step(x[:8])
-    assert math.isfinite(stepper.take_epoch().loss_sum)
-    ok, reason = graph_capturable(vae, estimator, x[:4], torch.device("cuda"))
-    assert ok, reason
+    assert_sync_free_and_capturable(vae, build_estimator("iwae", 2), x)
     assert vae.sample(4).shape == (4, *SHAPE)
 
 

@@ -7,13 +7,13 @@ over N float64 draws are compared with exact values by z = (mean - exact) / s.e.
 """
 
 import json
-import math
 import re
 
 import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
+from reference import assert_sync_free_and_capturable
 
 from pyrovae.components.priors import PRIORS
 from pyrovae.inference.check_kl import shared_draws, site_kl_methods
@@ -24,8 +24,6 @@ from pyrovae.models.hvae import HierarchicalVAE
 from pyrovae.models.two_layer_gaussian import TwoLayerLinearGaussian
 from pyrovae.runs.checkpoints import model_state
 from pyrovae.runs.cli import main
-from pyrovae.training.steppers import FastStepper, graph_capturable
-from pyrovae.training.sync_guard import SyncGuard
 from pyrovae.training.trainer import Trainer
 
 Z_LIMIT = 4.5
@@ -254,12 +252,4 @@ def test_cli_refuses_bad_hvae_flags_with_a_clear_message(tmp_path, capsys, flags
 @pytest.mark.parametrize("name", ESTIMATORS.names())
 def test_the_hvae_fast_step_is_sync_free_and_capturable(tiny_images, name):
     grey, _ = tiny_images
-    hvae = tiny_hvae(prior="vamp")
-    estimator = build_estimator(name, 2)
-    stepper = FastStepper(hvae, estimator, lr=1e-3, clip_norm=1.0)
-    with SyncGuard():
-        stepper.step(grey[:8])
-        stepper.step(grey[:8])
-    assert math.isfinite(stepper.take_epoch().loss_sum)
-    ok, reason = graph_capturable(hvae, estimator, grey[:4], torch.device("cuda"))
-    assert ok, reason
+    assert_sync_free_and_capturable(tiny_hvae(prior="vamp"), build_estimator(name, 2), grey)
