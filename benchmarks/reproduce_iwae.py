@@ -25,6 +25,13 @@ Schedules:
   (set before every epoch, from the training time so far); training stops when M minutes
   of training are spent. Evaluation time is not counted.
 
+Polyak averaging and a validation split (past the paper): ``--ema-decay D`` keeps an
+exponential moving average of the weights (decay D per step) beside the trained ones;
+``--validation N`` holds N training images out of training (a fixed random subset, binarised
+once, seed 2). With both, the weights to evaluate (trained or averaged) are chosen by their
+validation NLL (IS with ``--validation-k`` draws), and only the chosen ones are evaluated on
+the test set; ``result.json`` records both validation NLLs and the choice.
+
 Each row keeps ``OUT/ROW/checkpoint.pt`` (written after every epoch, atomically) and continues
 from it when run again with the same schedule; its result goes to ``OUT/ROW/result.json``.
 The test negative log-likelihood is estimated by importance sampling from the guide with
@@ -39,6 +46,7 @@ by this version of the script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -144,17 +152,18 @@ def build_model(row: Row, device: torch.device) -> VAE | HierarchicalVAE:
 
 
 def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
-              device: torch.device, compile: str = "auto") -> tuple[VAE, dict]:
-    """Train (or continue) row ``name``; returns the model and its training record."""
+              device: torch.device, compile: str = "auto",
+              ema_decay: float | None = None) -> tuple[Trainer, dict]:
+    """Train (or continue) row ``name``; returns its trainer and its training record."""
     row = ROWS[name]
     pyro.set_rng_seed(0)
     vae = build_model(row, device)
     # a step with a NaN loss or gradient is undone and counted, not fatal: rows run unattended
     trainer = Trainer(vae, row.estimator, particles=row.particles, adam_eps=ADAM_EPS,
-                      lr=1e-3, on_nan="skip", compile=compile)
+                      lr=1e-3, on_nan="skip", compile=compile, ema_decay=ema_decay)
     checkpoint = folder / "checkpoint.pt"
     record = {"row": name, "schedule": schedule.describe(), "train_seconds": 0.0, "steps": 0,
-              "epochs": 0, "n_train": len(train)}
+              "epochs": 0, "n_train": len(train), "ema_decay": ema_decay}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state["record"]["schedule"] != record["schedule"]:
@@ -163,7 +172,12 @@ def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
                              "pass the same schedule, or another --out")
         if state["record"].get("n_train", len(train)) != len(train):
             raise SystemExit(f"{checkpoint} was trained on {state['record']['n_train']} "
-                             f"images, not {len(train)}; pass the same --train-limit")
+                             f"images, not {len(train)}; pass the same --train-limit and "
+                             "--validation")
+        if state["record"].get("ema_decay") != ema_decay:
+            raise SystemExit(f"{checkpoint} was trained with --ema-decay "
+                             f"{state['record'].get('ema_decay')}, not {ema_decay}; pass "
+                             "the same, or another --out")
         trainer.load_state_dict(state["trainer"])
         record = state["record"]
         print(f"{name}: continuing from epoch {trainer.epoch} "
@@ -195,7 +209,32 @@ def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
         bar.set_postfix(lr=f"{lr:.2e}", elbo=f"{record['train_elbo']:.2f}",
                         minutes=f"{record['train_seconds'] / 60:.1f}")
     bar.close()
-    return vae, record
+    return trainer, record
+
+
+def choose_weights(trainer: Trainer, validation: torch.Tensor | None, k: int,
+                   chunk: int) -> tuple[contextlib.AbstractContextManager, dict]:
+    """The weights to evaluate: the trained ones, or, with an average of the weights, the
+    ones with the lower validation NLL (IS, ``k`` draws; both NLLs are recorded)."""
+    if trainer.average is None:
+        return contextlib.nullcontext(), {"weights": "trained"}
+    if validation is None:
+        return trainer.averaged(), {"weights": "averaged (no validation split to choose)"}
+    found = {}
+    for weights, context in (("trained", contextlib.nullcontext()),
+                             ("averaged", trainer.averaged())):
+        with context, torch.no_grad():
+            trainer.vae.eval()
+            pyro.set_rng_seed(0)
+            estimate = log_likelihood(trainer.vae, validation, samples=k, chunk=min(chunk, k))
+            found[weights] = {"validation_nll": -estimate.mean,
+                              "validation_nll_se": estimate.se}
+            print(f"validation NLL, {weights} weights: {-estimate.mean:.2f} ± "
+                  f"{estimate.se:.2f} (k={k}, {len(validation)} images)", flush=True)
+    best = min(found, key=lambda w: found[w]["validation_nll"])
+    context = trainer.averaged() if best == "averaged" else contextlib.nullcontext()
+    return context, {"weights": best, "validation": found, "validation_k": k,
+                     "n_validation": len(validation)}
 
 
 def evaluate_row(vae: VAE, test: torch.Tensor, k: int, chunk: int) -> dict:
@@ -236,11 +275,21 @@ def table(results: list[dict]) -> str:
             f"(beat {BEST_PUBLISHED_K50})"
         lines.append(
             f"| {r['row']} | {row.estimator} K={row.particles}, prior {row.prior}, guide "
-            f"{row.guide}, {row.layers} layer{'s' if row.layers > 1 else ''} | {paper} | "
+            f"{row.guide}, {row.layers} layer{'s' if row.layers > 1 else ''}{averaging(r)} | "
+            f"{paper} | "
             f"{r['nll']:.2f} ± {r['nll_se']:.2f} | {r['nll_k']} | {active(r)} | "
             f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['device']} | "
             f"{r['schedule']} |")
     return "\n".join(lines)
+
+
+def averaging(result: dict) -> str:
+    """``, EMA 0.999: averaged weights (chosen on 5000 validation images)`` or ``""``."""
+    if not result.get("ema_decay"):
+        return ""
+    chosen = (f" (chosen on {result['n_validation']} validation images)"
+              if "n_validation" in result else "")
+    return f", EMA {result['ema_decay']:g}: {result['weights'].split(' (')[0]} weights{chosen}"
 
 
 def active(result: dict) -> str:
@@ -283,6 +332,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("runs/iwae"))
     parser.add_argument("--docs", type=Path, default=None,
                         help="markdown file whose iwae-table block gets the table")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="keep a Polyak (EMA) average of the weights, e.g. 0.999")
+    parser.add_argument("--validation", type=int, default=0,
+                        help="training images held out to choose the weights (with "
+                        "--ema-decay)")
+    parser.add_argument("--validation-k", type=int, default=1000,
+                        help="IS draws per validation image")
     parser.add_argument("--train-limit", type=int, default=None, help="smoke tests only")
     parser.add_argument("--test-limit", type=int, default=None, help="smoke tests only")
     args = parser.parse_args(argv)
@@ -295,12 +351,22 @@ def main(argv=None) -> list[dict]:
         schedule = PaperSchedule()
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_dir)
-    train = data.train_x[:args.train_limit].to(device)
+    train = data.train_x[:args.train_limit]
+    validation = None
+    if args.validation:
+        if not 0 < args.validation < len(train):
+            parser.error(f"--validation must be in 1..{len(train) - 1}, got {args.validation}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        validation = binarize(train[order[:args.validation]], "static", seed=2).to(device)
+        train = train[order[args.validation:].sort().values]
+    train = train.to(device)
     test = binarize(data.test_x[:args.test_limit], "static", seed=1).to(device)
     env = environment(device)
     for name in args.rows:
         folder = args.out / name
-        vae, record = train_row(name, schedule, train, folder, device, args.compile)
+        trainer, record = train_row(name, schedule, train, folder, device, args.compile,
+                                    args.ema_decay)
+        vae = trainer.vae
         done = folder / "result.json"
         previous = json.loads(done.read_text()) if done.exists() else {}
         if (previous.get("epochs"), previous.get("nll_k"), previous.get("n_test")) == (
@@ -309,8 +375,10 @@ def main(argv=None) -> list[dict]:
                 write_json(done, {**previous, **count_active_units(vae, test)})
             print(f"{name}: already evaluated at epoch {record['epochs']} ({done})")
             continue
-        result = {**record, **evaluate_row(vae, test, args.nll_k, args.chunk),
-                  "device": device_label(env), "row_spec": asdict(ROWS[name])}
+        weights, choice = choose_weights(trainer, validation, args.validation_k, args.chunk)
+        with weights:
+            result = {**record, **choice, **evaluate_row(vae, test, args.nll_k, args.chunk),
+                      "device": device_label(env), "row_spec": asdict(ROWS[name])}
         write_json(folder / "result.json", result)
         paper = ROWS[name].paper
         print(f"{name}: test NLL {result['nll']:.2f} ± {result['nll_se']:.2f} nats "

@@ -115,6 +115,31 @@ def test_reproduce_iwae_trains_resumes_and_writes_the_table(shared_data_dir, tmp
         iwae.main(args[:5] + ["0.05"] + args[6:])
 
 
+def test_reproduce_iwae_chooses_averaged_or_trained_weights_on_a_validation_split(
+        shared_data_dir, tmp_path, capsys):
+    if not (shared_data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    iwae = load_script("reproduce_iwae")
+    args = ["--data-dir", str(shared_data_dir), "--rows", "vae-k1", "--budget-minutes",
+            "0.01", "--batch-size", "32", "--train-limit", "288", "--test-limit", "20",
+            "--nll-k", "10", "--device", "cpu", "--out", str(tmp_path / "out"),
+            "--ema-decay", "0.9", "--validation", "32", "--validation-k", "10"]
+    [result] = iwae.main(args)
+    assert result["n_train"] == 256 and result["steps"] == result["epochs"] * 8
+    assert result["ema_decay"] == 0.9 and result["n_validation"] == 32
+    found = result["validation"]
+    best = min(found, key=lambda w: found[w]["validation_nll"])
+    assert result["weights"] == best and set(found) == {"trained", "averaged"}
+    assert all(math.isfinite(v["validation_nll"]) and v["validation_nll_se"] > 0
+               for v in found.values())
+    out = capsys.readouterr().out
+    assert "validation NLL, averaged weights" in out
+    assert f"EMA 0.9: {best} weights (chosen on 32 validation images)" in out
+    # the average is part of the row: resuming with another decay is refused
+    with pytest.raises(SystemExit, match="was trained with --ema-decay 0.9, not 0.5"):
+        iwae.main(args[:-5] + ["0.5"] + args[-4:])
+
+
 def test_paper_schedule_is_the_papers():
     iwae = load_script("reproduce_iwae")
     schedule = iwae.PaperSchedule()

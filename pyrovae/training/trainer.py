@@ -22,6 +22,7 @@ from pyrovae.components.validation import check_int, check_one_of, check_positiv
 from pyrovae.inference.estimators import Estimator, build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo
 from pyrovae.inference.pair import STORE_PREFIX, Batch, as_args, as_pair, num_data, take
+from pyrovae.training.averaging import WeightAverage, check_decay
 from pyrovae.training.callbacks import Callback, ProgressBar
 from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
 from pyrovae.training.steppers import (
@@ -119,6 +120,9 @@ class Trainer:
             oneDNN if it wins by 5 %; the log gives the milliseconds; a close call can go
             either way, so two runs may then differ by float32 rounding)
             (:mod:`pyrovae.training.gemm`).
+        ema_decay: keep a Polyak (exponential moving) average of the weights with this
+            decay in (0, 1), updated after every step (:mod:`pyrovae.training.averaging`);
+            ``with trainer.averaged():`` evaluates with it. ``None``: no average.
 
     Data: ``fit`` and ``evaluate`` take a tensor ``(N, ...)`` (``model(x)``) or a tuple of
     tensors with the data along dim 0 (``model(x, y, ...)``, e.g. a condition).
@@ -141,7 +145,8 @@ class Trainer:
                  compile: str = "auto", on_nan: str = "stop", beta: float = 1.0,
                  kl_warmup: int = 0, adam_betas: tuple[float, float] = (0.9, 0.999),
                  adam_eps: float = 1e-8, distributed: Distributed = SINGLE, *,
-                 model=None, guide=None, gemm: str = "default"):
+                 model=None, guide=None, gemm: str = "default",
+                 ema_decay: float | None = None):
         check_lr(lr)
         if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
@@ -154,6 +159,8 @@ class Trainer:
             raise ValueError(f"compile={compile!r} needs stepper='fast', got {stepper!r}")
         check_one_of(gemm, "gemm", GEMM_CHOICES)
         self.gemm = gemm
+        self.ema_decay = None if ema_decay is None else check_decay(ema_decay)
+        self.average: WeightAverage | None = None  # built with the stepper
         if distributed.enabled and stepper != "fast":
             raise ValueError(f"stepper {stepper!r} cannot train on several ranks; use 'fast'")
         check_one_of(on_nan, "on_nan", NAN_ACTIONS)
@@ -206,6 +213,8 @@ class Trainer:
         lr, clip_norm = options.pop("lr"), options.pop("clip_norm")
         self._stepper = step_class(self.pair, self.estimator, lr, clip_norm, **options)
         self._stepped_parameters = [id(p) for p in params]
+        if self.ema_decay is not None:
+            self.average = WeightAverage(params, self.ema_decay)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self._load_model_and_optimizer(state)
@@ -316,8 +325,11 @@ class Trainer:
         if ctx.enabled:  # own draws and order per rank, resumable by epoch
             pyro.set_rng_seed(rank_seed(ctx.seed, self.epoch + 1, ctx.rank))
         start = time.perf_counter()
+        average = self.average
         for x in batches:
             self.stepper.step(x)
+            if average is not None:
+                average.update()
         stats = self.stepper.take_epoch()
         seconds = time.perf_counter() - start
         late = self.pair.new_store_names()  # a few set operations on the host, per epoch
@@ -438,6 +450,16 @@ class Trainer:
             return self.beta
         return self.beta * min(1.0, (epoch - 1) / self.kl_warmup)
 
+    def averaged(self):
+        """A context manager: inside it the pair's parameters hold the Polyak average of
+        the weights (``ema_decay``), afterwards the trained ones again. ``ValueError``
+        when the trainer keeps no average."""
+        if self.ema_decay is None:
+            raise ValueError("this trainer keeps no average of the weights: pass ema_decay "
+                             "(--ema-decay)")
+        self.stepper  # noqa: B018 -- the average is built with the stepper
+        return self.average.swapped()
+
     def evaluate(self, x: Batch, batch_size: int = 1000) -> float:
         """The estimator's unweighted bound (beta = 1) of ``x``, nats per datum, drawn from a
         forked RNG (training is unaffected); with several ranks, ``x`` is this rank's shard
@@ -452,9 +474,12 @@ class Trainer:
         """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""
         if self._pending_state is not None:  # loaded, not yet applied: the same state
             model, optimizer = self._pending_state["model"], self._pending_state["optimizer"]
+            average = self._pending_state.get("ema")
         else:
             model, optimizer = self.pair.state_dict(), self.stepper.state_dict()
-        return {
+            average = self.average.state_dict() if self.average is not None else None
+        extra = {"ema": average} if average is not None else {}
+        return {**extra,
             "model": model,
             "optimizer": optimizer,
             "rng": rng_state(),
@@ -481,13 +506,19 @@ class Trainer:
                                                  for k in state["model"])
         if (self._stepper is None and not self._parameters_known()) or unseen:
             # Pyro store parameters appear on the first call: load once they exist
-            self._pending_state = {"model": state["model"], "optimizer": state["optimizer"]}
+            self._pending_state = {key: state[key] for key in ("model", "optimizer", "ema")
+                                   if key in state}
             return
         self._load_model_and_optimizer(state)
 
     def _load_model_and_optimizer(self, state: dict) -> None:
         self.pair.load_state_dict(state["model"])
         self.stepper.load_state_dict(state["optimizer"])
+        if self.average is not None:
+            if "ema" not in state:
+                raise ValueError("the checkpoint has no average of the weights (it was "
+                                 "trained without --ema-decay); resume without it")
+            self.average.load_state_dict(state["ema"])
 
 
 def check_lr(lr) -> None:
