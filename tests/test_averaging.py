@@ -134,3 +134,37 @@ def test_a_trainer_without_an_average_says_so():
         make_trainer().averaged()
     with pytest.raises(ValueError, match="ema_decay must be"):
         make_trainer(1.0)
+
+
+def test_a_run_with_ema_decay_resumes_exactly_and_is_evaluated_with_the_average(tmp_path):
+    from pyrovae.runs.checkpoints import load_checkpoint
+    from pyrovae.runs.config import TrainConfig
+    from pyrovae.runs.jobs import load_run
+    from pyrovae.runs.train import train_run
+
+    config = TrainConfig(epochs=3, hidden=[16], batch_size=100, ema_decay=0.9)
+    train_run(config, tmp_path / "straight", progress=False)
+    train_run(TrainConfig(**{**config.to_dict(), "epochs": 1}), tmp_path / "cut",
+              progress=False)
+    train_run(config, tmp_path / "cut", resume=True, progress=False)
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["trainer"]
+    resumed = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["trainer"]
+    for key in ("model", "averaged_model"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), (key, name)
+    for a, b in zip(straight["ema"]["averages"], resumed["ema"]["averages"]):
+        assert torch.equal(a, b)
+    # the run's model is the averaged one, which differs from the trained weights
+    vae, _ = load_run(tmp_path / "cut")
+    loaded = vae.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in straight["averaged_model"].items())
+    assert not all(torch.equal(straight["model"][k], v)
+                   for k, v in straight["averaged_model"].items())
+    assert (tmp_path / "cut" / "figures").is_dir()
+
+
+def test_the_cli_refuses_a_bad_ema_decay(capsys):
+    from pyrovae.runs.cli import main
+
+    assert main(["train", "--ema-decay", "1.5", "--epochs", "1"]) == 2
+    assert "ema_decay must be a number in (0, 1)" in capsys.readouterr().err

@@ -112,9 +112,11 @@ def _read(path: Path, load):
 
 
 def model_state(run_dir: Path) -> tuple[dict, tuple[int, ...]]:
-    """The model's ``state_dict`` in a run folder's last checkpoint, and its data shape."""
+    """The model's ``state_dict`` in a run folder's last checkpoint, and its data shape: the
+    averaged weights for a run trained with ``--ema-decay``, else the trained ones."""
     checkpoint = Path(run_dir) / "checkpoint.pt"
     if not checkpoint.is_file():
         raise ValueError(f"run folder {run_dir} has no checkpoint.pt (did training start?)")
     state = load_checkpoint(checkpoint)
-    return state["trainer"]["model"], tuple(state["data_shape"])
+    trainer = state["trainer"]
+    return trainer.get("averaged_model", trainer["model"]), tuple(state["data_shape"])

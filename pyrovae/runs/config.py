@@ -32,6 +32,7 @@ from pyrovae.inference.importance import check_alpha
 from pyrovae.models.conditioning import CONDITIONS
 from pyrovae.runs.job import JOBS, USER_MODEL, is_user_model, job_class
 from pyrovae.runs.plugins import load_plugins
+from pyrovae.training.averaging import check_decay
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.traced import GEMM_CHOICES
 from pyrovae.training.trainer import check_kl_weight
@@ -141,6 +142,10 @@ class TrainConfig:
     batch_size: int = _f(64, "mini-batch size (the last partial batch is dropped)")
     lr: float = _f(3e-3, "Adam learning rate")
     clip_norm: float | None = _f(None, "clip each parameter's gradient to this L2 norm")
+    ema_decay: float | None = _f(None, "keep a Polyak (exponential moving) average of the "
+                                 "weights, with this decay per step in (0, 1), e.g. 0.999: "
+                                 "evaluate, sample, compare and the figures use the averaged "
+                                 "weights; metrics.jsonl's test_elbo is the trained ones'")
     seed: int = _f(0, "random seed (torch, NumPy, Python)")
     device: str = _f("auto", "auto (CUDA when available), cpu or cuda[:N]")
     dist_timeout: float = _f(600.0, "under torchrun: seconds a rank waits for the others in "
@@ -217,6 +222,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one or more integers in [1, {MAX_WIDTH}]; "
                                  f"got {sizes!r}")
         check_alpha(self.alpha)
+        if self.ema_decay is not None:
+            check_decay(self.ema_decay)
         check_bool(self.score_function, "score_function")
         check_bool(self.dequantize, "dequantize")
         likelihood = LIKELIHOODS.get(self.likelihood)

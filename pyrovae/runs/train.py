@@ -128,7 +128,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
     trainer = Trainer(job.module, config.build_estimator(), lr=config.lr,
                       clip_norm=config.clip_norm, stepper=config.stepper,
                       compile=config.compile, gemm=config.gemm, on_nan=config.on_nan,
-                      beta=config.beta, kl_warmup=config.kl_warmup, distributed=ctx)
+                      beta=config.beta, kl_warmup=config.kl_warmup, distributed=ctx,
+                      ema_decay=config.ema_decay)
     checkpoint = run_dir / "checkpoint.pt"
     if resume:
         try:  # config is the run's config.json
@@ -171,7 +172,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, replaces: bool, pro
     if trainer.epoch < config.epochs:
         raise RunInterrupted(run_dir, trainer.epoch)
     if ctx.is_main:  # what the kind writes at the end: figures, baselines
-        job.finish(trainer.history, run_dir)
+        with trainer.averaged() if trainer.average is not None else contextlib.nullcontext():
+            job.finish(trainer.history, run_dir)
     return run_dir
 
 

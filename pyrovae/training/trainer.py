@@ -471,14 +471,20 @@ class Trainer:
         return reduce_mean(mean, num_data(x), self.distributed, as_args(x)[0].device)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: model, optimiser, RNG, epoch, history."""
+        """Everything needed to continue exactly: model, optimiser, RNG, epoch, history;
+        with ``ema_decay``, also ``ema`` (the average's state) and ``averaged_model`` (the
+        pair's ``state_dict`` with the averaged weights: what a run evaluates)."""
         if self._pending_state is not None:  # loaded, not yet applied: the same state
             model, optimizer = self._pending_state["model"], self._pending_state["optimizer"]
-            average = self._pending_state.get("ema")
+            extra = {k: v for k, v in self._pending_state.items() if k not in
+                     ("model", "optimizer")}
         else:
             model, optimizer = self.pair.state_dict(), self.stepper.state_dict()
-            average = self.average.state_dict() if self.average is not None else None
-        extra = {"ema": average} if average is not None else {}
+            extra = {}
+            if self.average is not None:
+                with self.average.swapped():
+                    averaged = {k: v.clone() for k, v in self.pair.state_dict().items()}
+                extra = {"ema": self.average.state_dict(), "averaged_model": averaged}
         return {**extra,
             "model": model,
             "optimizer": optimizer,
@@ -506,7 +512,8 @@ class Trainer:
                                                  for k in state["model"])
         if (self._stepper is None and not self._parameters_known()) or unseen:
             # Pyro store parameters appear on the first call: load once they exist
-            self._pending_state = {key: state[key] for key in ("model", "optimizer", "ema")
+            self._pending_state = {key: state[key] for key in
+                                   ("model", "optimizer", "ema", "averaged_model")
                                    if key in state}
             return
         self._load_model_and_optimizer(state)
