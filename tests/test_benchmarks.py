@@ -140,6 +140,27 @@ def test_reproduce_iwae_chooses_averaged_or_trained_weights_on_a_validation_spli
         iwae.main(args[:-5] + ["0.5"] + args[-4:])
 
 
+@pytest.mark.parametrize("row", ["conv-vae-k1", "dlogistic-vae-k1"])
+def test_reproduce_iwae_conv_and_8_bit_rows(shared_data_dir, tmp_path, capsys, row):
+    if not (shared_data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    iwae = load_script("reproduce_iwae")
+    args = ["--data-dir", str(shared_data_dir), "--rows", row, "--budget-minutes", "0.01",
+            "--batch-size", "32", "--train-limit", "64", "--test-limit", "8", "--nll-k", "4",
+            "--device", "cpu", "--out", str(tmp_path / "out")]
+    [result] = iwae.main(args)
+    assert math.isfinite(result["nll"]) and result["epochs"] >= 1
+    out = capsys.readouterr().out
+    if row == "conv-vae-k1":
+        assert "bits_per_dim" not in result and ", conv |" in out
+        assert result["row_spec"]["network"] == "conv"
+    else:  # scored on the 8-bit images: the bits/dim are the NLL over 784 ln 2
+        assert result["bits_per_dim"] == pytest.approx(result["nll"] / (784 * math.log(2)))
+        assert "discretized_logistic on 8-bit images" in out and "bits/dim)" in out
+        # a probability of 8-bit values: positive bits; an untrained model starts near 8
+        assert 0 < result["bits_per_dim"] < 12
+
+
 def test_paper_schedule_is_the_papers():
     iwae = load_script("reproduce_iwae")
     schedule = iwae.PaperSchedule()
