@@ -29,6 +29,9 @@ Schedules:
   (set before every epoch, from the training time so far); training stops when M minutes
   of training are spent. Evaluation time is not counted.
 
+KL warm-up (past the paper): ``--kl-warmup N`` trains epoch e with the KL weighted by
+min(1, (e - 1) / N) (Sønderby et al. 2016), against the collapse of upper latent layers.
+
 Polyak averaging and a validation split (past the paper): ``--ema-decay D`` keeps an
 exponential moving average of the weights (decay D per step) beside the trained ones;
 ``--validation N`` holds N training images out of training (a fixed random subset, binarised
@@ -42,9 +45,10 @@ The test negative log-likelihood is estimated by importance sampling from the gu
 k = ``--nll-k`` (5,000) draws per image, with its standard error over the test images.
 The table of every finished row under OUT is printed beside the paper's numbers and, with
 ``--docs PATH``, written into PATH between the markers ``<!-- iwae-table -->`` and
-``<!-- /iwae-table -->``. ``OUT/curves.png`` plots each row's train ELBO against training time
-(with ``--docs``, also ``images/iwae_curves.png`` beside PATH), for rows trained from epoch 1
-by this version of the script.
+``<!-- /iwae-table -->``, keeping the rows already there that OUT does not have.
+``OUT/curves.png`` plots each row's train ELBO against training time (with ``--docs``, also
+``images/iwae_curves.png`` beside PATH), for rows trained from epoch 1 by this version of
+the script.
 """
 
 from __future__ import annotations
@@ -175,17 +179,19 @@ def build_model(row: Row, device: torch.device) -> VAE | HierarchicalVAE:
 
 def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
               device: torch.device, compile: str = "auto",
-              ema_decay: float | None = None) -> tuple[Trainer, dict]:
+              ema_decay: float | None = None, kl_warmup: int = 0) -> tuple[Trainer, dict]:
     """Train (or continue) row ``name``; returns its trainer and its training record."""
     row = ROWS[name]
     pyro.set_rng_seed(0)
     vae = build_model(row, device)
     # a step with a NaN loss or gradient is undone and counted, not fatal: rows run unattended
     trainer = Trainer(vae, row.estimator, particles=row.particles, adam_eps=ADAM_EPS,
-                      lr=1e-3, on_nan="skip", compile=compile, ema_decay=ema_decay)
+                      lr=1e-3, on_nan="skip", compile=compile, ema_decay=ema_decay,
+                      kl_warmup=kl_warmup)
     checkpoint = folder / "checkpoint.pt"
     record = {"row": name, "schedule": schedule.describe(), "train_seconds": 0.0, "steps": 0,
-              "epochs": 0, "n_train": len(train), "ema_decay": ema_decay}
+              "epochs": 0, "n_train": len(train), "ema_decay": ema_decay,
+              "kl_warmup": kl_warmup}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state["record"]["schedule"] != record["schedule"]:
@@ -196,10 +202,11 @@ def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
             raise SystemExit(f"{checkpoint} was trained on {state['record']['n_train']} "
                              f"images, not {len(train)}; pass the same --train-limit and "
                              "--validation")
-        if state["record"].get("ema_decay") != ema_decay:
-            raise SystemExit(f"{checkpoint} was trained with --ema-decay "
-                             f"{state['record'].get('ema_decay')}, not {ema_decay}; pass "
-                             "the same, or another --out")
+        for flag, value in (("ema_decay", ema_decay), ("kl_warmup", kl_warmup)):
+            saved = state["record"].get(flag, 0 if flag == "kl_warmup" else None)
+            if saved != value:
+                raise SystemExit(f"{checkpoint} was trained with --{flag.replace('_', '-')} "
+                                 f"{saved}, not {value}; pass the same, or another --out")
         trainer.load_state_dict(state["trainer"])
         record = state["record"]
         print(f"{name}: continuing from epoch {trainer.epoch} "
@@ -306,7 +313,7 @@ def table(results: list[dict]) -> str:
             f"{row.guide}, {row.layers} layer{'s' if row.layers > 1 else ''}"
             f"{', ' + row.network if row.network != 'mlp' else ''}"
             f"{', ' + row.likelihood + ' on 8-bit images' if not row.binarised else ''}"
-            f"{averaging(r)} | "
+            f"{warmup(r)}{averaging(r)} | "
             f"{paper} | "
             f"{r['nll']:.2f} ± {r['nll_se']:.2f}{bits(r)} | {r['nll_k']} | {active(r)} | "
             f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['device']} | "
@@ -330,6 +337,12 @@ def averaging(result: dict) -> str:
     return f", EMA {result['ema_decay']:g}: {result['weights'].split(' (')[0]} weights{chosen}"
 
 
+def warmup(result: dict) -> str:
+    """``, KL warm-up 100 epochs`` or ``""``."""
+    epochs = result.get("kl_warmup")
+    return f", KL warm-up {epochs} epochs" if epochs else ""
+
+
 def active(result: dict) -> str:
     """Active units per layer, bottom first (``19``, ``30+8``); ``-`` for a row evaluated
     before the count existed."""
@@ -337,15 +350,42 @@ def active(result: dict) -> str:
     return "+".join(str(c) for c in counts.values()) if counts else "-"
 
 
+def cells(line: str) -> list[str]:
+    """The cells of a markdown table line ``| a | b |`` -> ``["a", "b"]``."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def merge_tables(old: str, new: str) -> str:
+    """``new`` (a table from :func:`table`) with the rows of the table ``old`` that it does
+    not have (same row name and "trained as"): kept in their columns under ``new``'s header,
+    ``-`` where ``old`` had no such column; rows in the order of :data:`ROWS`."""
+    header, rule, *rows = new.splitlines()
+    names = cells(header)
+    lines = [line for line in old.splitlines() if line.strip().startswith("|")]
+    if len(lines) < 2:
+        return new
+    old_names, have = cells(lines[0]), {tuple(cells(r)[:2]) for r in rows}
+    for line in lines[2:]:
+        values = dict(zip(old_names, cells(line)))
+        if (values.get("row"), values.get("trained as")) not in have:
+            rows.append("| " + " | ".join(values.get(n, "-") for n in names) + " |")
+    order = list(ROWS)
+    rows.sort(key=lambda r: order.index(cells(r)[0]) if cells(r)[0] in order else len(order))
+    return "\n".join([header, rule, *rows])
+
+
 def write_docs(path: Path, text: str) -> None:
-    """Replace the block between the iwae-table markers of ``path`` (append if absent)."""
+    """Put the table ``text`` between the iwae-table markers of ``path`` (appended if they
+    are absent), keeping the rows of the table there that ``text`` does not have (rows
+    run with another ``--out``: see :func:`merge_tables`)."""
     begin, end = "<!-- iwae-table -->", "<!-- /iwae-table -->"
-    block = f"{begin}\n{text}\n{end}"
     old = path.read_text() if path.exists() else ""
     if begin in old and end in old:
-        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
+        text = merge_tables(old[old.index(begin) + len(begin):old.index(end)], text)
+        new = old[:old.index(begin)] + f"{begin}\n{text}\n{end}" + \
+            old[old.index(end) + len(end):]
     else:
-        new = old + ("\n" if old else "") + block + "\n"
+        new = old + ("\n" if old else "") + f"{begin}\n{text}\n{end}\n"
     atomic_write(path, lambda f: f.write(new.encode()))
 
 
@@ -372,6 +412,8 @@ def main(argv=None) -> list[dict]:
                         help="markdown file whose iwae-table block gets the table")
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="keep a Polyak (EMA) average of the weights, e.g. 0.999")
+    parser.add_argument("--kl-warmup", type=int, default=0,
+                        help="epochs N of linear KL warm-up (0 to 1 over epochs 1..N+1)")
     parser.add_argument("--validation", type=int, default=0,
                         help="training images held out to choose the weights (with "
                         "--ema-decay)")
@@ -406,7 +448,7 @@ def main(argv=None) -> list[dict]:
         validation = None if held_out is None else scored(row, held_out, seed=2)
         folder = args.out / name
         trainer, record = train_row(name, schedule, train, folder, device, args.compile,
-                                    args.ema_decay)
+                                    args.ema_decay, args.kl_warmup)
         vae = trainer.vae
         done = folder / "result.json"
         previous = json.loads(done.read_text()) if done.exists() else {}

@@ -123,7 +123,8 @@ def test_reproduce_iwae_chooses_averaged_or_trained_weights_on_a_validation_spli
     args = ["--data-dir", str(shared_data_dir), "--rows", "vae-k1", "--budget-minutes",
             "0.01", "--batch-size", "32", "--train-limit", "288", "--test-limit", "20",
             "--nll-k", "10", "--device", "cpu", "--out", str(tmp_path / "out"),
-            "--ema-decay", "0.9", "--validation", "32", "--validation-k", "10"]
+            "--kl-warmup", "2", "--ema-decay", "0.9", "--validation", "32",
+            "--validation-k", "10"]
     [result] = iwae.main(args)
     assert result["n_train"] == 256 and result["steps"] == result["epochs"] * 8
     assert result["ema_decay"] == 0.9 and result["n_validation"] == 32
@@ -134,10 +135,13 @@ def test_reproduce_iwae_chooses_averaged_or_trained_weights_on_a_validation_spli
                for v in found.values())
     out = capsys.readouterr().out
     assert "validation NLL, averaged weights" in out
-    assert f"EMA 0.9: {best} weights (chosen on 32 validation images)" in out
+    assert f"KL warm-up 2 epochs, EMA 0.9: {best} weights (chosen on 32 validation images)" \
+        in out and result["kl_warmup"] == 2
     # the average is part of the row: resuming with another decay is refused
     with pytest.raises(SystemExit, match="was trained with --ema-decay 0.9, not 0.5"):
         iwae.main(args[:-5] + ["0.5"] + args[-4:])
+    with pytest.raises(SystemExit, match="was trained with --kl-warmup 2, not 0"):
+        iwae.main(args[:-8] + args[-6:])
 
 
 @pytest.mark.parametrize("row", ["conv-vae-k1", "dlogistic-vae-k1"])
@@ -159,6 +163,24 @@ def test_reproduce_iwae_conv_and_8_bit_rows(shared_data_dir, tmp_path, capsys, r
         assert "discretized_logistic on 8-bit images" in out and "bits/dim)" in out
         # a probability of 8-bit values: positive bits; an untrained model starts near 8
         assert 0 < result["bits_per_dim"] < 12
+
+
+def test_the_docs_table_keeps_the_rows_of_other_runs():
+    iwae = load_script("reproduce_iwae")
+    old = ("| row | trained as | paper NLL | pyrovae NLL ± s.e. | epochs |\n|---|---|---|---|---|\n"
+           "| vae-k1 | trace K=1 | 86.76 | 88.00 ± 0.24 | 1083 |\n"
+           "| iwae-k5 | iwae K=5 | 85.54 | 90.00 ± 0.30 | 9 |\n")
+    new = ("| row | trained as | paper NLL | pyrovae NLL ± s.e. | active units | epochs |\n"
+           "|---|---|---|---|---|---|\n"
+           "| iwae-k5 | iwae K=5 | 85.54 | 86.00 ± 0.25 | 22 | 900 |\n"
+           "| vae2-k1 | trace K=1, 2 layers | 85.33 | 96.99 ± 0.30 | 12+0 | 1006 |")
+    lines = iwae.merge_tables(old, new).splitlines()
+    assert lines[:2] == new.splitlines()[:2]
+    # the old vae-k1 row under the new header, first (ROWS order); the old iwae-k5 replaced
+    assert lines[2:] == ["| vae-k1 | trace K=1 | 86.76 | 88.00 ± 0.24 | - | 1083 |",
+                         "| iwae-k5 | iwae K=5 | 85.54 | 86.00 ± 0.25 | 22 | 900 |",
+                         "| vae2-k1 | trace K=1, 2 layers | 85.33 | 96.99 ± 0.30 | 12+0 | 1006 |"]
+    assert iwae.merge_tables("old", new) == new
 
 
 def test_paper_schedule_is_the_papers():
