@@ -49,3 +49,18 @@ def assert_sync_free_and_capturable(pair, estimator, x: torch.Tensor) -> None:
     assert math.isfinite(stepper.take_epoch().loss_sum)
     ok, reason = graph_capturable(pair, estimator, x[:4], torch.device("cuda"))
     assert ok, reason
+
+
+def straight_and_resumed(config, tmp_path, cut_at: int) -> tuple[dict, dict]:
+    """Train ``config`` in one go (``tmp_path/straight``) and cut at epoch ``cut_at`` then
+    resumed (``tmp_path/cut``); returns the two final checkpoints' trainer states."""
+    from pyrovae.runs.checkpoints import load_checkpoint
+    from pyrovae.runs.config import TrainConfig
+    from pyrovae.runs.train import train_run
+
+    train_run(config, tmp_path / "straight", progress=False)
+    train_run(TrainConfig(**{**config.to_dict(), "epochs": cut_at}), tmp_path / "cut",
+              progress=False)
+    train_run(config, tmp_path / "cut", resume=True, progress=False)
+    return tuple(load_checkpoint(tmp_path / run / "checkpoint.pt")["trainer"]
+                 for run in ("straight", "cut"))

@@ -6,6 +6,7 @@ import io
 import pyro
 import pytest
 import torch
+from reference import straight_and_resumed
 
 from pyrovae.models.vae import VAE
 from pyrovae.training.averaging import WeightAverage
@@ -137,18 +138,11 @@ def test_a_trainer_without_an_average_says_so():
 
 
 def test_a_run_with_ema_decay_resumes_exactly_and_is_evaluated_with_the_average(tmp_path):
-    from pyrovae.runs.checkpoints import load_checkpoint
     from pyrovae.runs.config import TrainConfig
     from pyrovae.runs.jobs import load_run
-    from pyrovae.runs.train import train_run
 
     config = TrainConfig(epochs=3, hidden=[16], batch_size=100, ema_decay=0.9)
-    train_run(config, tmp_path / "straight", progress=False)
-    train_run(TrainConfig(**{**config.to_dict(), "epochs": 1}), tmp_path / "cut",
-              progress=False)
-    train_run(config, tmp_path / "cut", resume=True, progress=False)
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["trainer"]
-    resumed = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["trainer"]
+    straight, resumed = straight_and_resumed(config, tmp_path, cut_at=1)
     for key in ("model", "averaged_model"):
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), (key, name)

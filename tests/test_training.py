@@ -6,11 +6,11 @@ import json
 import pyro
 import pytest
 import torch
+from reference import straight_and_resumed
 
 from pyrovae.components.data import load_dataset
 from pyrovae.inference.elbo import ESTIMATORS
 from pyrovae.models.vae import VAE
-from pyrovae.runs.checkpoints import load_checkpoint
 from pyrovae.runs.config import TrainConfig
 from pyrovae.runs.jobs import load_run
 from pyrovae.runs.train import train_run
@@ -60,13 +60,7 @@ def test_trainer_state_round_trip_resumes_exactly(tiny_images):
 @pytest.mark.parametrize("stepper", ["fast", "svi"])
 def test_run_folder_resume_equals_an_uninterrupted_run(tmp_path, stepper):
     config = TrainConfig(epochs=4, hidden=[16], batch_size=100, stepper=stepper)
-    train_run(config, tmp_path / "straight", progress=False)
-    train_run(TrainConfig(**{**config.to_dict(), "epochs": 2}), tmp_path / "cut",
-              progress=False)
-    train_run(config, tmp_path / "cut", resume=True, progress=False)
-
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["trainer"]
-    resumed = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["trainer"]
+    straight, resumed = straight_and_resumed(config, tmp_path, cut_at=2)
     assert resumed["epoch"] == 4
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
@@ -87,10 +81,7 @@ def test_resume_is_exact_for_every_estimator(tmp_path, elbo, stepper):
     call guesses the plate nesting by running the model, and did so on it (issue 18)."""
     config = TrainConfig(epochs=3, hidden=[8], batch_size=100, stepper=stepper, elbo=elbo,
                          particles=3)
-    train_run(config, tmp_path / "straight", progress=False)
-    train_run(TrainConfig(**{**config.to_dict(), "epochs": 1}), tmp_path / "cut",
-              progress=False)
-    train_run(config, tmp_path / "cut", resume=True, progress=False)
+    straight_and_resumed(config, tmp_path, cut_at=1)
 
     def elbos(run):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
