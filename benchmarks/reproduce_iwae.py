@@ -34,10 +34,11 @@ min(1, (e - 1) / N) (Sønderby et al. 2016), against the collapse of upper laten
 
 Polyak averaging and a validation split (past the paper): ``--ema-decay D`` keeps an
 exponential moving average of the weights (decay D per step) beside the trained ones;
-``--validation N`` holds N training images out of training (a fixed random subset, binarised
-once, seed 2). With both, the weights to evaluate (trained or averaged) are chosen by their
-validation NLL (IS with ``--validation-k`` draws), and only the chosen ones are evaluated on
-the test set; ``result.json`` records both validation NLLs and the choice.
+``--validation N`` holds N training images out of training (a fixed random subset; for the
+Bernoulli rows binarised once, seed 2). With both, the weights to evaluate (trained or
+averaged) are chosen by their validation NLL (IS with ``--validation-k`` draws), and only the
+chosen ones are evaluated on the test set; ``result.json`` records both validation NLLs and
+the choice.
 
 Each row keeps ``OUT/ROW/checkpoint.pt`` (written after every epoch, atomically) and continues
 from it when run again with the same schedule; its result goes to ``OUT/ROW/result.json``.
