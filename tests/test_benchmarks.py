@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,6 +164,44 @@ def test_reproduce_iwae_conv_and_8_bit_rows(shared_data_dir, tmp_path, capsys, r
         assert "discretized_logistic on 8-bit images" in out and "bits/dim)" in out
         # a probability of 8-bit values: positive bits; an untrained model starts near 8
         assert 0 < result["bits_per_dim"] < 12
+
+
+def test_reproduce_iwae_trains_first_then_scores_a_test_subset_and_pairs_rows(
+        shared_data_dir, tmp_path, capsys):
+    if not (shared_data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    iwae = load_script("reproduce_iwae")
+    out = tmp_path / "out"
+    args = ["--data-dir", str(shared_data_dir), "--rows", "vae-k1", "conv-vae-k1",
+            "dlogistic-vae-k1", "--budget-minutes", "0.005", "--batch-size", "32",
+            "--train-limit", "64", "--test-limit", "40", "--nll-k", "4", "--device", "cpu",
+            "--out", str(out)]
+    assert iwae.main(args + ["--train-only"]) == []
+    for row in ("vae-k1", "conv-vae-k1", "dlogistic-vae-k1"):  # trained, none scored
+        assert (out / row / "checkpoint.pt").exists()
+        assert not (out / row / "result.json").exists()
+    assert "run the same command without --train-only" in capsys.readouterr().out
+    results = {r["row"]: r for r in iwae.main(args + ["--test-subset", "10"])}
+    subset = torch.load(out / "vae-k1" / iwae.PER_IMAGE, weights_only=True)
+    indices = subset["test_indices"]
+    # a fixed random 10 of the 40, sorted, the same for every row
+    assert len(indices) == 10 and indices.unique().numel() == 10 and indices.max() < 40
+    assert torch.equal(indices, indices.sort().values) and not torch.equal(
+        indices, torch.arange(10))
+    for row, result in results.items():
+        assert result["n_test"] == 10 and result["test_subset"] == 10
+        per_image = torch.load(out / row / iwae.PER_IMAGE, weights_only=True)
+        assert torch.equal(per_image["test_indices"], indices)
+        assert float(per_image["nll"].mean()) == pytest.approx(result["nll"])
+    # the two binarised rows are paired on the same images; the 8-bit row is not
+    d = (torch.load(out / "conv-vae-k1" / iwae.PER_IMAGE, weights_only=True)["nll"]
+         - subset["nll"])
+    printed = capsys.readouterr().out
+    assert (f"conv-vae-k1 - vae-k1: {float(d.mean()):+.2f} ± "
+            f"{float(d.std() / math.sqrt(10)):.2f} nats (paired, 10 test images)") in printed
+    assert "dlogistic-vae-k1 -" not in printed and "- dlogistic-vae-k1" not in printed
+    with pytest.raises(SystemExit):
+        iwae.main(args + ["--test-subset", "41"])
 
 
 def test_the_docs_table_keeps_the_rows_of_other_runs():
