@@ -200,6 +200,13 @@ def test_reproduce_iwae_trains_first_then_scores_a_test_subset_and_pairs_rows(
     assert (f"conv-vae-k1 - vae-k1: {float(d.mean()):+.2f} ± "
             f"{float(d.std() / math.sqrt(10)):.2f} nats (paired, 10 test images)") in printed
     assert "dlogistic-vae-k1 -" not in printed and "- dlogistic-vae-k1" not in printed
+    # scored alone, in a fresh process state, a row gets the very same numbers: the rows
+    # trained and scored before it in one process do not leak into it
+    (out / "conv-vae-k1" / "result.json").unlink()
+    [alone] = [r for r in iwae.main(args[:3] + args[4:5] + args[6:] + ["--test-subset", "10"])
+               if r["row"] == "conv-vae-k1"]
+    assert alone["nll"] == results["conv-vae-k1"]["nll"]
+    assert alone["test_elbo"] == results["conv-vae-k1"]["test_elbo"]
     with pytest.raises(SystemExit):
         iwae.main(args + ["--test-subset", "41"])
 
