@@ -1,5 +1,6 @@
 """Convolutional encoder and decoder: batch independence, particle dims kept, sizes checked, and
-every prior, estimator and kind trains with them, on grey and colour images."""
+every prior, estimator and kind (vae, hvae, cvae with its baseline) trains with them, on grey
+and colour images."""
 
 import json
 import math
@@ -11,6 +12,9 @@ from reference import assert_sync_free_and_capturable
 from pyrovae.components.conv import ConvDecoder, ConvEncoder
 from pyrovae.components.priors import prior_names
 from pyrovae.inference.estimators import ESTIMATORS, build_estimator
+from pyrovae.models.conditional_conv import ConditionalConvDecoder, ConditionalConvEncoder
+from pyrovae.models.conditioning import CONDITIONS, build_condition, pack
+from pyrovae.models.cvae import CVAE, PackedCVAE
 from pyrovae.models.hvae import HierarchicalVAE
 from pyrovae.models.vae import VAE
 from pyrovae.runs.cli import main
@@ -99,7 +103,7 @@ def test_a_conv_hvae_trains_and_reconstructs():
     assert hvae.reconstruct(x[:3]).shape == (3, *SHAPE)
 
 
-def test_cli_trains_a_conv_vae_on_the_colour_patches(tmp_path, capsys):
+def test_cli_trains_a_conv_vae_on_the_colour_patches(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "photo-patches", "--network", "conv", "--channels",
                  "8", "16", "--hidden", "32", "--z-dim", "4", "--likelihood",
@@ -113,6 +117,84 @@ def test_cli_trains_a_conv_vae_on_the_colour_patches(tmp_path, capsys):
     assert epochs[-1]["train_elbo"] > epochs[0]["train_elbo"]
     for name in ("samples", "reconstructions"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000
-    code = main(["train", "--network", "conv", "--model", "cvae", "--condition", "half",
-                 "--out", str(tmp_path / "c"), "--quiet"])
-    assert code == 2 and "--network conv is for the vae and hvae" in capsys.readouterr().err
+
+
+GREY = (1, 8, 8)
+
+
+def labelled_images(n=20):
+    return images(n, GREY).round(), torch.arange(n) % 10
+
+
+@pytest.mark.parametrize("task", CONDITIONS.names())
+def test_the_conditional_conv_networks_see_the_image_and_score_only_y(task):
+    pictures, labels = labelled_images(6)
+    condition = build_condition(task, GREY)
+    x, y = condition.split(pictures, labels)
+    h = torch.cat([x, y], -1)
+    # [X, Y] put back in place is the image; Y is the image at the modelled positions
+    torch.testing.assert_close(h[:, condition.image_index()].reshape(pictures.shape),
+                               pictures, rtol=0, atol=0)
+    torch.testing.assert_close(pictures.flatten(1)[:, condition.modelled_positions()], y,
+                               rtol=0, atol=0)
+    encoder = ConditionalConvEncoder(condition, (4, 6), (16,), 3)
+    loc, scale = encoder(h)
+    torch.testing.assert_close(loc, encoder.net(pictures, context=x)[0], rtol=0, atol=0)
+    assert (scale > 0).all()
+    # particles on the left kept; datum i's output depends on datum i alone
+    loc2, _ = encoder(h.expand(2, *h.shape))
+    assert loc2.shape == (2, 6, 3)
+    torch.testing.assert_close(loc2[1], loc)
+    jacobian = torch.autograd.functional.jacobian(lambda v: encoder(v)[0], h)  # (6, 3, 6, D)
+    assert all(jacobian[i, :, j].abs().max() == 0 for i in range(6) for j in range(6)
+               if i != j)
+    decoder = ConditionalConvDecoder(3 + condition.x_dim, condition, (4, 6), (16,), 2)
+    zx = torch.cat([torch.randn(6, 3), x], -1)
+    out = decoder(zx)
+    whole = decoder.net(zx).reshape(6, 2, -1)  # both parameters of every pixel
+    torch.testing.assert_close(out, whole[:, :, condition.modelled_positions()].reshape(6, -1),
+                               rtol=0, atol=0)
+    assert decoder(zx.expand(3, *zx.shape)).shape == (3, 6, 2 * condition.y_dim)
+
+
+def conv_cvae(task, prior="standard_normal"):
+    condition = build_condition(task, GREY)
+    return PackedCVAE(CVAE(
+        condition.x_dim, condition.y_dim, z_dim=3, hidden=(16,), prior=prior, components=2,
+        encoder=ConditionalConvEncoder(condition, (4, 6), (16,), 3),
+        decoder=ConditionalConvDecoder(3 + condition.x_dim, condition, (4, 6), (16,)))), \
+        condition
+
+
+@pytest.mark.parametrize("name", ESTIMATORS.names())
+def test_every_estimator_trains_a_conv_cvae(name):
+    pictures, labels = labelled_images()
+    cvae, condition = conv_cvae("quadrant")
+    data = pack(*condition.split(pictures, labels))
+    before = [p.detach().clone() for p in cvae.parameters()]
+    history = Trainer(cvae, build_estimator(name, 3), lr=1e-2).fit(
+        data, epochs=2, batch_size=10, test_x=data[:10], progress=False)
+    assert all(math.isfinite(h["train_elbo"]) for h in history)
+    assert all(not torch.equal(a, b) for a, b in zip(before, cvae.parameters()))
+
+
+@pytest.mark.parametrize("task,prior", [("label", "conditional_normal"), ("half", "vamp"),
+                                        ("quadrant", "standard_normal")])
+def test_conv_cvaes_are_sync_free_and_capturable(task, prior):
+    pictures, labels = labelled_images()
+    cvae, condition = conv_cvae(task, prior)
+    assert_sync_free_and_capturable(cvae, build_estimator("iwae", 2),
+                                    pack(*condition.split(pictures, labels)))
+
+
+def test_cli_trains_and_evaluates_a_conv_cvae_with_its_conv_baseline(tmp_path):
+    run = tmp_path / "cvae"
+    assert main(["train", "--network", "conv", "--channels", "4", "8", "--hidden", "16",
+                 "--model", "cvae", "--condition", "half", "--epochs", "2", "--out",
+                 str(run), "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--limit", "40", "--nll-samples", "5"]) == 0
+    report = json.loads((run / "evaluation.json").read_text())
+    assert math.isfinite(report["test_nll"]) and math.isfinite(report["baseline_nll"])
+    baseline = torch.load(run / "baseline.pt", weights_only=False)
+    assert any(".deconvs." in name for name in baseline["model"])  # the conv decoder on X
+    assert (run / "figures" / "completions.png").stat().st_size > 1000

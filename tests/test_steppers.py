@@ -31,7 +31,7 @@ class _NoRsample(dist.Normal):
 def test_auto_is_eager_on_the_cpu_and_graph_is_refused(tiny_images, caplog):
     grey, _ = tiny_images
     vae = VAE((1, 4, 4), z_dim=2, hidden=(8,))
-    with caplog.at_level(logging.INFO, logger="pyrovae.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="pyrovae.training.step_mode"):
         Trainer(vae, compile="auto").fit(grey, epochs=1, batch_size=8, progress=False)
     assert "eager training: device is cpu, 5 steps (fewer than 500" in caplog.text
     with pytest.raises(ValueError, match="compile='graph' is not possible here: device is cpu"):

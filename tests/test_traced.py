@@ -401,7 +401,7 @@ def test_a_failed_inductor_compile_keeps_replaying_the_recording(monkeypatch, ca
 
 def test_auto_traces_a_long_cpu_run_and_not_a_short_one(tiny_images, caplog):
     grey, _ = tiny_images
-    with caplog.at_level(logging.INFO, logger="pyrovae.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="pyrovae.training.step_mode"):
         short = Trainer(make_vae(), "trace", compile="auto")
         short.fit(grey, epochs=2, batch_size=8, progress=False)  # 10 steps
         long = Trainer(make_vae(), "trace", compile="auto", gemm="default")

@@ -57,11 +57,16 @@ class ConvEncoder(PyroModule):
         hidden: widths of the fully connected layers after the convolutions.
         z_dim: latent dimension.
         activation: name in :data:`~pyrovae.components.networks.ACTIVATIONS`.
+        context_dim: size of a flat context ``(..., context_dim)`` that ``forward`` joins to
+            the convolutions' features before the fully connected layers (0: none), e.g. a
+            conditional VAE's input X.
     """
 
     def __init__(self, data_shape: Sequence[int], channels: Sequence[int],
-                 hidden: Sequence[int], z_dim: int, activation: str = "relu"):
+                 hidden: Sequence[int], z_dim: int, activation: str = "relu",
+                 context_dim: int = 0):
         super().__init__()
+        self.context_dim = context_dim
         channels = check_sizes(channels, "channels")
         c, h, w = check_divisible(data_shape, len(channels))
         self.data_shape, self.z_dim = (c, h, w), z_dim
@@ -71,11 +76,20 @@ class ConvEncoder(PyroModule):
             layers += [PyroModule[nn.Conv2d](c_in, c_out, KERNEL, STRIDE, PADDING), act()]
         self.convs = PyroModule[nn.Sequential](*layers)
         features = channels[-1] * (h // 2 ** len(channels)) * (w // 2 ** len(channels))
-        self.head = MLP(features, hidden, 2 * z_dim, activation)
+        self.head = MLP(features + context_dim, hidden, 2 * z_dim, activation)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(..., C, H, W)`` (and ``context`` ``(..., context_dim)`` when the encoder
+        has one) -> ``loc, scale``, each ``(..., z_dim)``."""
+        if (context is None) != (not self.context_dim):
+            raise ValueError(f"this encoder takes a context of size {self.context_dim}; got "
+                             f"{None if context is None else tuple(context.shape)}")
         flat, lead = _batched(x, 3)
         features = self.convs(flat).flatten(1)  # the last block ends in its activation
+        if context is not None:
+            features = torch.cat([features, context.expand(lead + context.shape[-1:])
+                                  .reshape(len(features), -1)], -1)
         loc, raw_scale = self.head(features).reshape(lead + (2 * self.z_dim,)).split(
             self.z_dim, dim=-1)
         return loc, F.softplus(raw_scale) + MIN_SCALE

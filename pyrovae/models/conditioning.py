@@ -76,6 +76,16 @@ class Condition:
         """X as a picture, ``(N, C, H, W)``: the observed pixels, the others grey."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def image_index(self) -> torch.Tensor:
+        """``(C * H * W,)`` long: where each value of the flattened image is in ``[x, y]``
+        (``x_dim + y_dim`` values), so ``cat([x, y], -1)[..., image_index]`` is the image
+        (for ``label``, Y alone is the image)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def modelled_positions(self) -> torch.Tensor:
+        """``(y_dim,)`` long: the flat image positions of Y's values, in Y's order."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def check(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """``ValueError`` unless ``images`` are ``(N, *image_shape)`` with ``N`` labels."""
         if tuple(images.shape[1:]) != self.image_shape:
@@ -119,6 +129,12 @@ class PixelCondition(Condition):
         flat = images.reshape(len(images), -1).clone()
         flat[:, self.modelled_index.to(flat.device)] = MISSING_GREY
         return flat.reshape(images.shape)
+
+    def image_index(self):
+        return torch.cat([self.observed_index, self.modelled_index]).argsort()
+
+    def modelled_positions(self):
+        return self.modelled_index.clone()
 
 
 @CONDITIONS.register("quadrant")
@@ -164,6 +180,12 @@ class LabelCondition(Condition):
 
     def show_input(self, images):
         return torch.full_like(images, MISSING_GREY)
+
+    def image_index(self):
+        return torch.arange(self.y_dim) + self.x_dim
+
+    def modelled_positions(self):
+        return torch.arange(self.y_dim)
 
 
 def build_condition(name: str, image_shape: Sequence[int], classes: int = 10) -> Condition:

@@ -102,20 +102,23 @@ class CVAE(VAE):
 class Regressor(PyroModule):
     """The deterministic baseline: y ~ L(g(X)), g the CVAE decoder's body on X alone.
 
-    Args: as :class:`CVAE` (no latent, no prior). ``forward(x)``: ``x`` ``(B, x_dim)`` ->
-    P(Y|X), batch ``(B,)``, event ``(y_dim,)``.
+    Args: as :class:`CVAE` (no latent, no prior); ``net``: a network in place of the MLP,
+    ``(B, x_dim)`` -> ``(B, y_dim * params_per_value)`` (the CVAE's conv decoder on X alone,
+    :class:`~pyrovae.models.conditional_conv.ConditionalConvDecoder`). ``forward(x)``: ``x``
+    ``(B, x_dim)`` -> P(Y|X), batch ``(B,)``, event ``(y_dim,)``.
     """
 
     z_dim = 0  # no latent
 
     def __init__(self, x_dim: int, y_dim: int, hidden: Sequence[int] = (256,),
-                 activation: str = "relu", likelihood: Likelihood | str = "bernoulli"):
+                 activation: str = "relu", likelihood: Likelihood | str = "bernoulli",
+                 net: torch.nn.Module | None = None):
         super().__init__()
         self.x_dim, self.y_dim = check_sizes((x_dim, y_dim), "x_dim, y_dim")
         self.likelihood = build_likelihood(likelihood) if isinstance(likelihood, str) \
             else likelihood
-        self.net = Decoder(x_dim, check_sizes(hidden), y_dim * self.likelihood.params_per_value,
-                           activation)
+        self.net = net if net is not None else Decoder(
+            x_dim, check_sizes(hidden), y_dim * self.likelihood.params_per_value, activation)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         return self.likelihood(self.net(x), (self.y_dim,))

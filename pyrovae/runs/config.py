@@ -33,9 +33,9 @@ from pyrovae.models.conditioning import CONDITIONS
 from pyrovae.runs.job import JOBS, USER_MODEL, is_user_model, job_class
 from pyrovae.runs.plugins import load_plugins
 from pyrovae.training.averaging import check_decay
+from pyrovae.training.checks import check_kl_weight
 from pyrovae.training.steppers import COMPILE_MODES, NAN_ACTIONS, STEPPERS
 from pyrovae.training.traced import GEMM_CHOICES
-from pyrovae.training.trainer import check_kl_weight
 
 MAX_WIDTH = 2 ** 20  # z_dim, hidden widths, mixture components: a 784 x 2**20 layer is 3 GB
 MAX_EPOCHS = 10 ** 6  # about a day at the digits' 0.1 s per epoch
@@ -43,6 +43,13 @@ MAX_COUNT = 10 ** 4  # particles and flow steps
 DEFAULT_Z_DIM = 2
 REMOVED_FIELDS = ("cvae_prior",)  # fields of earlier config.json files, now elsewhere
 RENAMED_VALUES = {"elbo": {"meanfield": "analytic"}}  # one estimator, once two names
+
+
+def are_widths(sizes) -> bool:
+    """Whether ``sizes`` is a non-empty list (or tuple) of integers in [1, MAX_WIDTH]:
+    layer widths, channels, latent sizes."""
+    return isinstance(sizes, (list, tuple)) and bool(sizes) and all(
+        not isinstance(h, bool) and isinstance(h, int) and 1 <= h <= MAX_WIDTH for h in sizes)
 
 
 def migrate(values: dict[str, Any]) -> dict[str, Any]:
@@ -216,11 +223,9 @@ class TrainConfig:
                 (("clip_norm",) if self.clip_norm is not None else ()):
             check_positive_float(getattr(self, name), name)
         for name in ("hidden", "channels"):
-            sizes = getattr(self, name)
-            if not sizes or any(isinstance(h, bool) or not isinstance(h, int)
-                                or not 1 <= h <= MAX_WIDTH for h in sizes):
+            if not are_widths(getattr(self, name)):
                 raise ValueError(f"{name} must be one or more integers in [1, {MAX_WIDTH}]; "
-                                 f"got {sizes!r}")
+                                 f"got {getattr(self, name)!r}")
         check_alpha(self.alpha)
         if self.ema_decay is not None:
             check_decay(self.ema_decay)

@@ -31,6 +31,7 @@ from pyrovae.components.rng import forked_rng
 from pyrovae.components.validation import check_int
 from pyrovae.inference.evaluation import evaluate_elbo, nll_report
 from pyrovae.inference.statistics import standard_error
+from pyrovae.models.conditional_conv import ConditionalConvDecoder, ConditionalConvEncoder
 from pyrovae.models.conditioning import Condition, build_condition, pack
 from pyrovae.models.cvae import CVAE, PackedCVAE, Regressor, regressor_nll
 from pyrovae.runs import plots
@@ -50,17 +51,33 @@ MAX_DRAWS = 100  # draws per input, and inputs, in one figure of `pyrovae sample
 
 def build_cvae(config: TrainConfig, condition: Condition) -> CVAE:
     """The CVAE a ``model="cvae"`` config describes, for ``condition``, on the CPU: any
-    registered prior (P(z|X)), guide (Q(z|X, Y)) and likelihood, with the config's options."""
+    registered prior (P(z|X)), guide (Q(z|X, Y)) and likelihood, with the config's options;
+    with ``network="conv"``, the encoder and decoder convolve the image around X and Y
+    (:mod:`pyrovae.models.conditional_conv`)."""
+    likelihood = build_likelihood(config.likelihood, **component_options(config))
+    networks = {}
+    if config.network == "conv":
+        networks = {
+            "encoder": ConditionalConvEncoder(condition, config.channels, config.hidden,
+                                              config.z_dim, config.activation),
+            "decoder": ConditionalConvDecoder(config.z_dim + condition.x_dim, condition,
+                                              config.channels, config.hidden,
+                                              likelihood.params_per_value, config.activation)}
     return CVAE(condition.x_dim, condition.y_dim, z_dim=config.z_dim, hidden=config.hidden,
-                activation=config.activation, likelihood=config.likelihood,
-                prior=config.prior, guide=config.guide, **component_options(config))
+                activation=config.activation, likelihood=likelihood,
+                prior=config.prior, guide=config.guide, **networks,
+                **component_options(config))
 
 
 def build_regressor(config: TrainConfig, condition: Condition) -> Regressor:
-    """The baseline of a ``model="cvae"`` config: the CVAE decoder's widths on X alone."""
+    """The baseline of a ``model="cvae"`` config: the CVAE decoder's widths (its conv
+    decoder with ``network="conv"``) on X alone."""
+    likelihood = build_likelihood(config.likelihood, **component_options(config))
+    net = None if config.network != "conv" else ConditionalConvDecoder(
+        condition.x_dim, condition, config.channels, config.hidden,
+        likelihood.params_per_value, config.activation)
     return Regressor(condition.x_dim, condition.y_dim, hidden=config.hidden,
-                     activation=config.activation,
-                     likelihood=build_likelihood(config.likelihood, **component_options(config)))
+                     activation=config.activation, likelihood=likelihood, net=net)
 
 
 @dataclass
@@ -106,9 +123,6 @@ class CVAEJob(Job):
         if config.dequantize:
             raise ValueError("--dequantize is for the vae and hvae kinds (the cvae's bits/dim "
                              "carry no log 256 correction)")
-        if config.network != "mlp":
-            raise ValueError("--network conv is for the vae and hvae kinds (the cvae's encoder "
-                             "reads X and Y as one flat vector)")
 
     def prepare(self, data: Dataset) -> None:
         config = self.config

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pyrovae.components.likelihoods import build_likelihood
 from pyrovae.models.hvae import HierarchicalVAE
-from pyrovae.runs.config import MAX_WIDTH, TrainConfig
+from pyrovae.runs.config import MAX_WIDTH, TrainConfig, are_widths
 from pyrovae.runs.job import JOBS, component_options
 from pyrovae.runs.vae_job import VAEJob, conv_networks
 
@@ -38,9 +38,7 @@ class HVAEJob(VAEJob):
     def check_config(cls, config: TrainConfig) -> None:
         super().check_config(config)
         latent = config.latent
-        if not isinstance(latent, list) or not latent or any(
-                isinstance(u, bool) or not isinstance(u, int) or not 1 <= u <= MAX_WIDTH
-                for u in latent):
+        if not isinstance(latent, list) or not are_widths(latent):
             raise ValueError(f"latent must be one or more layer sizes in [1, {MAX_WIDTH}], "
                              f"bottom first; got {latent!r}")
         if config.z_dim != latent[-1]:
@@ -48,10 +46,8 @@ class HVAEJob(VAEJob):
                              f"{latent[-1]} (latent {latent}); got {config.z_dim}")
         blocks = config.block_hidden
         if blocks is not None and (not isinstance(blocks, list) or len(blocks) != len(latent)
-                                   or any(not isinstance(b, list) or not b or any(
-                                       isinstance(w, bool) or not isinstance(w, int)
-                                       or not 1 <= w <= MAX_WIDTH for w in b)
-                                       for b in blocks)):
+                                   or not all(isinstance(b, list) and are_widths(b)
+                                              for b in blocks)):
             raise ValueError(f"block_hidden must give one list of widths in [1, {MAX_WIDTH}] "
                              f"per latent layer ({len(latent)}: latent {latent}); got "
                              f"{blocks!r}")

@@ -16,15 +16,24 @@ from collections.abc import Sequence
 import pyro
 import torch
 
-from pyrovae.components.data import DeviceBatches, check_images, check_tensor_data
+from pyrovae.components.data import DeviceBatches
 from pyrovae.components.rng import forked_rng, rng_state, set_rng_state
-from pyrovae.components.validation import check_int, check_one_of, check_positive_float
+from pyrovae.components.validation import check_int, check_one_of
 from pyrovae.inference.estimators import Estimator, build_estimator
 from pyrovae.inference.evaluation import evaluate_elbo
 from pyrovae.inference.pair import STORE_PREFIX, Batch, as_args, as_pair, num_data, take
 from pyrovae.training.averaging import WeightAverage, check_decay
 from pyrovae.training.callbacks import Callback, ProgressBar
+from pyrovae.training.checks import (
+    NonFiniteLossError,
+    check_adam,
+    check_fit_data,
+    check_kl_weight,
+    check_lr,
+    resolve_device,
+)
 from pyrovae.training.distributed import SINGLE, Distributed, all_reduce, rank_seed, reduce_mean
+from pyrovae.training.step_mode import choose_step_mode
 from pyrovae.training.steppers import (
     COMPILE_MODES,
     NAN_ACTIONS,
@@ -32,43 +41,12 @@ from pyrovae.training.steppers import (
     FastStepper,
     SVIStepper,
     check_stepper_options,
-    graph_capturable,
 )
 from pyrovae.training.traced import GEMM_CHOICES
 
 logger = logging.getLogger(__name__)
-# compile="auto" on the CPU records the step (trace mode) for a fit of at least this many
-# steps: recording costs about 0.7 s (digits) to 2 s (MNIST MLP), what 100-200 eager steps take
-AUTO_TRACE_STEPS = 500
 __all__ = ["COMPILE_MODES", "NAN_ACTIONS", "STEPPERS", "FastStepper", "NonFiniteLossError",
-           "SVIStepper", "Trainer", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; refuses CUDA on a machine without it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; "
-                         "use --device cpu or auto")
-    return resolved
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training met a NaN or infinite loss or gradient (with ``on_nan="stop"``)."""
-
-    def __init__(self, epoch: int, step: int, bad_steps: int, steps: int):
-        self.epoch, self.step, self.bad_steps, self.steps = epoch, step, bad_steps, steps
-        kept = (f"the checkpoint of epoch {epoch - 1} is the last good state" if epoch > 1
-                else "no epoch finished, so no checkpoint of this run was written")
-        super().__init__(
-            f"non-finite loss or gradient in epoch {epoch} at step {step} ({bad_steps} of "
-            f"{steps} steps of the epoch); stopped, {kept}. Lower --lr, set --clip-norm, or "
-            "pass --on-nan skip")
+           "SVIStepper", "Trainer", "check_kl_weight", "check_lr", "resolve_device"]
 
 
 class Trainer:
@@ -91,7 +69,8 @@ class Trainer:
         particles: Monte-Carlo particles per step when ``estimator`` is a name.
         compile: ``"auto"`` (a CUDA graph of the fast step when on CUDA and the estimator
             and guide allow it; on the CPU, trace mode for a ``fit`` of at least
-            ``AUTO_TRACE_STEPS`` steps; eager otherwise; the log says which and why),
+            :data:`~pyrovae.training.step_mode.AUTO_TRACE_STEPS` steps; eager otherwise; the
+            log says which and why, :mod:`pyrovae.training.step_mode`),
             ``"graph"``
             (insist: a ``ValueError`` says why when it cannot be), ``"trace"`` (on the CPU:
             the step recorded once as a tensor program and replayed,
@@ -148,11 +127,7 @@ class Trainer:
                  model=None, guide=None, gemm: str = "default",
                  ema_decay: float | None = None):
         check_lr(lr)
-        if not (len(adam_betas) == 2 and all(0.0 <= b < 1.0 for b in adam_betas)):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {adam_betas!r}")
-        check_positive_float(adam_eps, "adam_eps")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        check_adam(adam_betas, adam_eps, clip_norm)
         check_one_of(stepper, "stepper", STEPPERS)
         check_one_of(compile, "compile", COMPILE_MODES)
         if compile in ("graph", "trace", "inductor") and stepper != "fast":
@@ -289,8 +264,9 @@ class Trainer:
         batches = DeviceBatches(train_x, batch_size, dynamic_binarize, dequantize)
         if self._stepper is None or not self.pair.is_set_up:  # once: a resumed fit is ready
             self.prepare(take(train_x, slice(0, batch_size)))
-        self._choose_graph(take(train_x, slice(0, batch_size)),
-                           (epochs - self.epoch) * len(batches))
+        choose_step_mode(self.stepper, self.compile, self.gemm, self.distributed, self.pair,
+                         self.estimator, take(train_x, slice(0, batch_size)),
+                         (epochs - self.epoch) * len(batches))
         if getattr(self.stepper, "traced", None) is not None:  # state may have changed
             self.stepper.traced.check_next_replay()                # since the last fit
         callbacks = list(callbacks) + ([ProgressBar(progress)] if progress is not False else [])
@@ -371,78 +347,16 @@ class Trainer:
 
     def check_data(self, data: Batch, what: str = "data") -> None:
         """``TypeError``/``ValueError`` unless ``data`` fits the model (a one-off check,
-        outside the training step): non-empty tensors with equal dim 0, on the model's
-        device; the data (the first tensor) finite, of the parameters' dtype when floating,
-        and of the model's ``data_shape`` when it declares one (then images ``(N, C, H, W)``)."""
-        args = as_args(data)
-        if not args or not all(isinstance(t, torch.Tensor) for t in args):
-            raise TypeError(f"{what} must be a tensor or a tuple of tensors, got "
-                            f"{type(data).__name__}")
-        x = args[0]
-        if self.data_shape is not None and len(self.data_shape) == 3:
-            check_images(x, what)
-        else:
-            check_tensor_data(x, what)
-        if any(t.dim() == 0 or len(t) != len(x) for t in args):
-            raise ValueError(f"{what}: every tensor needs the data along dim 0, got shapes "
-                             f"{[tuple(t.shape) for t in args]}")
-        param = next(iter(self.pair.parameters()), None)
-        if param is not None and x.is_floating_point() and x.dtype != param.dtype:
-            raise TypeError(f"{what} has dtype {x.dtype}, the model {param.dtype}; convert "
-                            f"with .to({param.dtype})")
-        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(f"{what} has data of shape {tuple(x.shape[1:])}, the model "
-                             f"expects {self.data_shape}")
-        device = param.device if param is not None else self.device
-        for t in args:
-            if t.device != device:
-                raise ValueError(f"{what} is on {t.device}, the model on {device}; move "
-                                 "the data once with .to(device)")
+        outside the training step): :func:`~pyrovae.training.checks.check_fit_data` with
+        the model's ``data_shape``, parameters and device."""
+        check_fit_data(data, what, self.data_shape, next(iter(self.pair.parameters()), None),
+                       self.device)
 
     @property
     def device(self) -> torch.device:
         """Where the pair's parameters live (the CPU before any exist)."""
         param = next(iter(self.pair.parameters()), None)
         return param.device if param is not None else torch.device("cpu")
-
-    def _choose_graph(self, x: tuple[torch.Tensor, ...], steps: int) -> None:
-        """Turn on CUDA-graph mode, or trace mode, when ``compile`` asks for it and the step
-        allows it (``steps``: how many this ``fit`` will take)."""
-        if self.compile == "none" or self.stepper.use_graph or \
-                getattr(self.stepper, "traced", None) is not None:
-            return
-        if self.compile == "auto" and isinstance(self.stepper, FastStepper) and \
-                self.stepper.device.type == "cpu" and not self.distributed.enabled:
-            if steps >= AUTO_TRACE_STEPS or self.gemm == "onednn":
-                self.stepper.use_trace(self.gemm)
-                logger.info("traced training: %d steps on the CPU, the step is recorded on "
-                            "its first two batches, then replayed", steps)
-            else:
-                logger.info("eager training: device is cpu, %d steps (fewer than %d: "
-                            "recording the step would not pay)", steps, AUTO_TRACE_STEPS)
-            return
-        if self.compile in ("trace", "inductor"):
-            if self.distributed.enabled or self.stepper.device.type != "cpu":
-                raise ValueError(f"compile={self.compile!r} runs in one process on the CPU "
-                                 "(on CUDA, compile='graph' captures the step)")
-            self.stepper.use_trace(self.gemm, "inductor" if self.compile == "inductor"
-                                   else "replay")
-            logger.info("traced training: the step is recorded on its first two "
-                        "batches, then replayed%s",
-                        " (compiled by inductor)" if self.compile == "inductor" else "")
-            return
-        if not isinstance(self.stepper, FastStepper):
-            logger.info("eager training: the svi stepper is never captured")
-            return
-        if self.distributed.enabled:
-            ok, reason = False, ("DDP training: the step is not captured (DDP's gradient "
-                                 "all-reduce runs outside the graph here)")
-        else:
-            ok, reason = graph_capturable(self.pair, self.estimator, x, self.stepper.device)
-        if not ok and self.compile == "graph":
-            raise ValueError(f"compile='graph' is not possible here: {reason}")
-        self.stepper.use_graph = ok
-        logger.info("%s training: %s", "CUDA-graph" if ok else "eager", reason)
 
     def beta_at(self, epoch: int) -> float:
         """The KL weight of epoch ``epoch`` (1-based): B min(1, (epoch - 1) / N)."""
@@ -528,17 +442,3 @@ class Trainer:
             self.average.load_state_dict(state["ema"])
 
 
-def check_lr(lr) -> None:
-    """``ValueError`` unless ``lr`` is a finite number > 0."""
-    check_positive_float(lr, "lr")
-
-
-def check_kl_weight(beta, kl_warmup, estimator: Estimator) -> tuple[float, int]:
-    """``(beta, kl_warmup)`` checked: beta a finite number > 0, kl_warmup an integer >= 0,
-    and neither with a score-function estimator (Pyro's scale would also scale the score)."""
-    check_positive_float(beta, "beta")
-    check_int(kl_warmup, "kl_warmup", minimum=0)  # epochs
-    if estimator.score_function and (beta != 1 or kl_warmup):
-        raise ValueError("beta != 1 and kl_warmup need pathwise gradients: the KL weight "
-                         "scales the guide's score-function term too; drop --score-function")
-    return float(beta), kl_warmup
