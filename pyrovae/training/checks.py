@@ -72,11 +72,12 @@ def check_kl_weight(beta, kl_warmup, estimator: Estimator) -> tuple[float, int]:
 
 
 def check_fit_data(data: Batch, what: str, data_shape: Sequence[int] | None,
-                   param: torch.Tensor | None, device: torch.device) -> None:
+                   param: torch.Tensor | None) -> None:
     """``TypeError``/``ValueError`` unless ``data`` fits the model: non-empty tensors with
-    equal dim 0, on ``device`` (the parameters' when there are any); the data (the first
-    tensor) finite, of ``param``'s dtype when floating, and of ``data_shape`` when the model
-    declares one (then images ``(N, C, H, W)``). ``what`` names the data in the message."""
+    equal dim 0, on ``param``'s device (the CPU before the model has parameters); the data
+    (the first tensor) finite, of ``param``'s dtype when floating, and of ``data_shape``
+    when the model declares one (then images ``(N, C, H, W)``). ``what`` names the data in
+    the message."""
     args = as_args(data)
     if not args or not all(isinstance(t, torch.Tensor) for t in args):
         raise TypeError(f"{what} must be a tensor or a tuple of tensors, got "
@@ -95,7 +96,7 @@ def check_fit_data(data: Batch, what: str, data_shape: Sequence[int] | None,
     if data_shape is not None and tuple(x.shape[1:]) != tuple(data_shape):
         raise ValueError(f"{what} has data of shape {tuple(x.shape[1:])}, the model "
                          f"expects {tuple(data_shape)}")
-    device = param.device if param is not None else device
+    device = param.device if param is not None else torch.device("cpu")
     for t in args:
         if t.device != device:
             raise ValueError(f"{what} is on {t.device}, the model on {device}; move "

@@ -349,8 +349,7 @@ class Trainer:
         """``TypeError``/``ValueError`` unless ``data`` fits the model (a one-off check,
         outside the training step): :func:`~pyrovae.training.checks.check_fit_data` with
         the model's ``data_shape``, parameters and device."""
-        check_fit_data(data, what, self.data_shape, next(iter(self.pair.parameters()), None),
-                       self.device)
+        check_fit_data(data, what, self.data_shape, next(iter(self.pair.parameters()), None))
 
     @property
     def device(self) -> torch.device:
