@@ -67,7 +67,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pyro
@@ -76,6 +76,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.iwae_table import ROWS, Row, device_label, table, write_docs  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset, log_likelihood  # noqa: E402
 from pyrovae.components.conv import ConvDecoder, ConvEncoder  # noqa: E402
 from pyrovae.components.likelihoods import build_likelihood  # noqa: E402
@@ -89,42 +90,8 @@ from pyrovae.training.trainer import resolve_device  # noqa: E402
 HIDDEN, Z_DIM, ADAM_EPS, IMAGE = (200, 200), 50, 1e-4, (1, 28, 28)
 LATENT2, HIDDEN2 = (100, 50), ((100, 100), (50, 50))  # the two-stochastic-layer model
 PAPER_BATCH, PAPER_STAGES = 20, 8
-BEST_PUBLISHED_K50 = 84.59  # a TensorFlow 2 reproduction of the IWAE k = 50 row
 
 
-@dataclass(frozen=True)
-class Row:
-    estimator: str
-    particles: int
-    paper: float | None  # Burda et al. Table 1, test NLL in nats (k = 5000)
-    prior: str = "standard_normal"
-    guide: str = "diagonal"
-    layers: int = 1  # stochastic layers: 1 (VAE) or 2 (HierarchicalVAE)
-    network: str = "mlp"  # or "conv": ConvEncoder / ConvDecoder (one layer only)
-    likelihood: str = "bernoulli"  # on binarised images; else the 8-bit images as they are
-
-    @property
-    def binarised(self) -> bool:
-        return self.likelihood == "bernoulli"
-
-
-ROWS = {
-    "vae-k1": Row("trace", 1, 86.76),
-    "vae-k5": Row("trace", 5, 86.47),
-    "vae-k50": Row("trace", 50, 86.35),
-    "iwae-k5": Row("iwae", 5, 85.54),
-    "iwae-k50": Row("iwae", 50, 84.78),
-    "dreg-k50": Row("iwae_dreg", 50, None),
-    "vamp-iwae-k50": Row("iwae", 50, None, prior="vamp"),
-    "flow-iwae-k50": Row("iwae", 50, None, guide="flow"),
-    "vae2-k1": Row("trace", 1, 85.33, layers=2),
-    "vae2-k5": Row("trace", 5, 85.01, layers=2),
-    "vae2-k50": Row("trace", 50, 84.78, layers=2),
-    "iwae2-k5": Row("iwae", 5, 83.89, layers=2),
-    "iwae2-k50": Row("iwae", 50, 82.90, layers=2),
-    "conv-vae-k1": Row("trace", 1, None, network="conv"),
-    "dlogistic-vae-k1": Row("trace", 1, None, likelihood="discretized_logistic"),
-}
 CHANNELS, CONV_HIDDEN = (32, 64), (200,)  # the conv row's blocks and fully connected widths
 PER_IMAGE = "nll_per_image.pt"  # a row's test NLL per image, with the images' indices
 
@@ -251,10 +218,42 @@ def train_row(name: str, schedule, train: torch.Tensor, folder: Path,
     return trainer, record
 
 
+def split_validation(train: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(the rest, n held-out images)`` of ``train`` ``(N, ...)``: a fixed random subset
+    (seed 0), the same for every row and run; the rest keep their order."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return train[order[n:].sort().values], train[order[:n]]
+
+
 def scored(row: Row, images: torch.Tensor, seed: int) -> torch.Tensor:
     """The images a row is evaluated on: binarised once (``seed``) for the Bernoulli rows,
     the 8-bit images themselves for the others."""
     return binarize(images, "static", seed=seed) if row.binarised else images
+
+
+def nll_estimate(vae, images: torch.Tensor, k: int, chunk: int, seed: int):
+    """IS estimate of log P(X) on ``images`` from the guide, ``k`` draws per image drawn from
+    ``seed`` (so a score does not depend on what ran before it): a
+    :class:`~pyrovae.inference.evaluation.LogLikelihood` (``-mean`` is the NLL)."""
+    vae.eval()
+    pyro.set_rng_seed(seed)
+    with torch.no_grad():
+        return log_likelihood(vae, images, samples=k, chunk=min(chunk, k))
+
+
+def score_weights(trainer: Trainer, images: torch.Tensor, k: int, chunk: int) -> dict:
+    """``{"trained": estimate[, "averaged": estimate]}``: the IS estimate (``k`` draws, seed
+    0) on ``images`` of the trained weights and, when the trainer keeps one, of their
+    average; each printed."""
+    found = {}
+    weights = [("trained", contextlib.nullcontext())] + \
+        ([("averaged", trainer.averaged())] if trainer.average is not None else [])
+    for name, context in weights:
+        with context:
+            found[name] = estimate = nll_estimate(trainer.vae, images, k, chunk, seed=0)
+        print(f"validation NLL, {name} weights: {-estimate.mean:.2f} ± {estimate.se:.2f} "
+              f"(k={k}, {len(images)} images)", flush=True)
+    return found
 
 
 def choose_weights(trainer: Trainer, validation: torch.Tensor | None, k: int,
@@ -265,17 +264,8 @@ def choose_weights(trainer: Trainer, validation: torch.Tensor | None, k: int,
         return contextlib.nullcontext(), {"weights": "trained"}
     if validation is None:
         return trainer.averaged(), {"weights": "averaged (no validation split to choose)"}
-    found = {}
-    for weights, context in (("trained", contextlib.nullcontext()),
-                             ("averaged", trainer.averaged())):
-        with context, torch.no_grad():
-            trainer.vae.eval()
-            pyro.set_rng_seed(0)
-            estimate = log_likelihood(trainer.vae, validation, samples=k, chunk=min(chunk, k))
-            found[weights] = {"validation_nll": -estimate.mean,
-                              "validation_nll_se": estimate.se}
-            print(f"validation NLL, {weights} weights: {-estimate.mean:.2f} ± "
-                  f"{estimate.se:.2f} (k={k}, {len(validation)} images)", flush=True)
+    found = {name: {"validation_nll": -e.mean, "validation_nll_se": e.se}
+             for name, e in score_weights(trainer, validation, k, chunk).items()}
     best = min(found, key=lambda w: found[w]["validation_nll"])
     context = trainer.averaged() if best == "averaged" else contextlib.nullcontext()
     return context, {"weights": best, "validation": found, "validation_k": k,
@@ -287,11 +277,9 @@ def evaluate_row(vae: VAE, test: torch.Tensor, k: int, chunk: int
     """Test NLL (IS from the guide, k draws) and the one-sample test ELBO, nats per image;
     and the ``(N,)`` float64 NLL of each test image. The draws start from seed 1, so a row
     scores the same whichever rows were trained or scored before it in the process."""
-    vae.eval()
-    pyro.set_rng_seed(1)
     start = time.perf_counter()
+    estimate = nll_estimate(vae, test, k, chunk, seed=1)
     with torch.no_grad():
-        estimate = log_likelihood(vae, test, samples=k, chunk=min(chunk, k))
         elbo = evaluate_elbo(vae, test)
     return {"nll": -estimate.mean, "nll_se": estimate.se, "nll_mc_se": estimate.mc_se,
             "nll_k": k, "nll_ess": estimate.ess, "test_elbo": elbo, "n_test": len(test),
@@ -327,102 +315,6 @@ def count_active_units(vae, test: torch.Tensor) -> dict:
     activity, draws = active_units(vae, test)
     return {"active_units": {site: a.active for site, a in activity.items()},
             "active_units_draws": draws}
-
-
-def device_label(env: dict) -> str:
-    """``NVIDIA H100 80GB HBM3`` or ``CPU x86_64, 2 threads``."""
-    if env["device"].startswith("cuda"):
-        return env["device_name"]
-    return f"CPU {env['device_name']}, {env['torch_threads']} threads"
-
-
-def table(results: list[dict]) -> str:
-    """Markdown: paper vs pyrovae per row, with device, schedule and wall time."""
-    lines = ["| row | trained as | paper NLL | pyrovae NLL ± s.e. | k | active units | epochs | "
-             "train time | device | schedule |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: list(ROWS).index(r["row"])):
-        row = ROWS[r["row"]]
-        paper = f"{row.paper:.2f}" if row.paper is not None else \
-            f"(beat {BEST_PUBLISHED_K50})" if row.particles == 50 else "-"
-        lines.append(
-            f"| {r['row']} | {row.estimator} K={row.particles}, prior {row.prior}, guide "
-            f"{row.guide}, {row.layers} layer{'s' if row.layers > 1 else ''}"
-            f"{', ' + row.network if row.network != 'mlp' else ''}"
-            f"{', ' + row.likelihood + ' on 8-bit images' if not row.binarised else ''}"
-            f"{warmup(r)}{averaging(r)} | "
-            f"{paper} | "
-            f"{r['nll']:.2f} ± {r['nll_se']:.2f}{bits(r)} | {r['nll_k']} | {active(r)} | "
-            f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['device']} | "
-            f"{r['schedule']} |")
-    return "\n".join(lines)
-
-
-def bits(result: dict) -> str:
-    """`` (1.234 ± 0.003 bits/dim)`` for a row of 8-bit images, else ``""``."""
-    if "bits_per_dim" not in result:
-        return ""
-    return f" ({result['bits_per_dim']:.3f} ± {result['bits_per_dim_se']:.3f} bits/dim)"
-
-
-def averaging(result: dict) -> str:
-    """``, EMA 0.999: averaged weights (chosen on 5000 validation images)`` or ``""``."""
-    if not result.get("ema_decay"):
-        return ""
-    chosen = (f" (chosen on {result['n_validation']} validation images)"
-              if "n_validation" in result else "")
-    return f", EMA {result['ema_decay']:g}: {result['weights'].split(' (')[0]} weights{chosen}"
-
-
-def warmup(result: dict) -> str:
-    """``, KL warm-up 100 epochs`` or ``""``."""
-    epochs = result.get("kl_warmup")
-    return f", KL warm-up {epochs} epochs" if epochs else ""
-
-
-def active(result: dict) -> str:
-    """Active units per layer, bottom first (``19``, ``30+8``); ``-`` for a row evaluated
-    before the count existed."""
-    counts = result.get("active_units")
-    return "+".join(str(c) for c in counts.values()) if counts else "-"
-
-
-def cells(line: str) -> list[str]:
-    """The cells of a markdown table line ``| a | b |`` -> ``["a", "b"]``."""
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def merge_tables(old: str, new: str) -> str:
-    """``new`` (a table from :func:`table`) with the rows of the table ``old`` that it does
-    not have (same row name and "trained as"): kept in their columns under ``new``'s header,
-    ``-`` where ``old`` had no such column; rows in the order of :data:`ROWS`."""
-    header, rule, *rows = new.splitlines()
-    names = cells(header)
-    lines = [line for line in old.splitlines() if line.strip().startswith("|")]
-    if len(lines) < 2:
-        return new
-    old_names, have = cells(lines[0]), {tuple(cells(r)[:2]) for r in rows}
-    for line in lines[2:]:
-        values = dict(zip(old_names, cells(line)))
-        if (values.get("row"), values.get("trained as")) not in have:
-            rows.append("| " + " | ".join(values.get(n, "-") for n in names) + " |")
-    order = list(ROWS)
-    rows.sort(key=lambda r: order.index(cells(r)[0]) if cells(r)[0] in order else len(order))
-    return "\n".join([header, rule, *rows])
-
-
-def write_docs(path: Path, text: str) -> None:
-    """Put the table ``text`` between the iwae-table markers of ``path`` (appended if they
-    are absent), keeping the rows of the table there that ``text`` does not have (rows
-    run with another ``--out``: see :func:`merge_tables`)."""
-    begin, end = "<!-- iwae-table -->", "<!-- /iwae-table -->"
-    old = path.read_text() if path.exists() else ""
-    if begin in old and end in old:
-        text = merge_tables(old[old.index(begin) + len(begin):old.index(end)], text)
-        new = old[:old.index(begin)] + f"{begin}\n{text}\n{end}" + \
-            old[old.index(end) + len(end):]
-    else:
-        new = old + ("\n" if old else "") + f"{begin}\n{text}\n{end}\n"
-    atomic_write(path, lambda f: f.write(new.encode()))
 
 
 def main(argv=None) -> list[dict]:
@@ -477,9 +369,8 @@ def main(argv=None) -> list[dict]:
     if args.validation:
         if not 0 < args.validation < len(train):
             parser.error(f"--validation must be in 1..{len(train) - 1}, got {args.validation}")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        held_out = train[order[:args.validation]].to(device)
-        train = train[order[args.validation:].sort().values]
+        train, held_out = split_validation(train, args.validation)
+        held_out = held_out.to(device)
     train = train.to(device)
     test_images = data.test_x[:args.test_limit]
     test_indices = torch.arange(len(test_images))

@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py --data-dir ../shared/data [--device cpu|cuda] [--epochs 1]
                                [--batch-sizes 256 1024] [--arch relu400|iwae] [--json rows.json]
+                               [--gemm default|measure|onednn]
 
 Model (all variants): an MLP encoder and decoder of ``--arch``: ``relu400`` (the default:
 784-400-50 encoder, 50-400-784 decoder, ReLU) or ``iwae`` (Burda et al.'s, as in
@@ -15,7 +16,7 @@ a fixed seed, the same data for every variant. Variants:
 3. ``pyrovae_fast``: pyrovae's default (``compile="auto"``): a CUDA graph on CUDA, and on the
    CPU the same thing as (2), so it is not run there;
 3b. ``pyrovae_traced`` (CPU only): ``compile="trace"``, the step recorded once and replayed
-   (torch's default products; the status is printed);
+   (torch's default products, or ``--gemm``'s choice; the status is printed);
    ``pyrovae_inductor`` (CPU only, run when named): that program compiled by inductor (its
    compile time falls in the first epoch, which the median leaves out);
 3c. ``numpyro_jit`` (CPU, run when named, needs ``numpyro`` and ``jax``): NumPyro's SVI with
@@ -30,7 +31,10 @@ draws what it would alone): a slow spell of a shared machine hits all of them. T
 the median seconds per epoch, samples per second, peak device memory (CUDA only: the peak
 during the variant's epochs above what all variants hold resident before them), the test
 ELBO after those epochs (one-sample estimate, nats per image: no variant wins by doing less),
-and the time ratios to (1), to the hand-written step ((5) on CUDA, else (4)) and to (6).
+and the time ratios to (1), to the hand-written step ((5) on CUDA, else (4)), to (6) and to
+the GEMM limit: the step's matrix-product FLOPs at the best GEMM rate measured on this machine
+by any library here (torch's default, oneDNN, jax when installed; ``benchmarks/gemm_limit.py``),
+printed with the rates before each batch size's epochs.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import numpyro_vae  # noqa: E402
+from benchmarks.gemm_limit import gemm_limit, step_products  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.components.machine import device_name  # noqa: E402
+from pyrovae.training.traced import GEMM_CHOICES  # noqa: E402
 from pyrovae.training.trainer import resolve_device  # noqa: E402
 
 Z_DIM, LR, PIXELS = 50, 1e-3, 784
@@ -79,6 +85,10 @@ class Arch:
     def decoder_layers(self) -> list[tuple[int, int]]:
         widths = [Z_DIM, *self.hidden, PIXELS]
         return list(zip(widths, widths[1:]))
+
+    def layers(self) -> list[tuple[int, int]]:
+        """(fan_in, fan_out) of every linear layer, the encoder's first."""
+        return self.encoder_layers() + self.decoder_layers()
 
 
 ARCHS = {"relu400": Arch((400,), "relu"), "iwae": Arch((200, 200), "tanh")}
@@ -185,9 +195,9 @@ def pyro_example(arch, train, test, batch_size, device) -> Variant:
 
 
 def pyrovae_variant(compile):
-    def setup(arch, train, test, batch_size, device) -> Variant:
+    def setup(arch, train, test, batch_size, device, gemm="default") -> Variant:
         vae = arch.vae(device)
-        trainer = Trainer(vae, "trace", lr=LR, compile=compile)
+        trainer = Trainer(vae, "trace", lr=LR, compile=compile, gemm=gemm)
 
         def epoch():
             trainer.fit(train, trainer.epoch + 1, batch_size, progress=False)
@@ -254,16 +264,8 @@ def _torch_graph_step(model, optimizer, example):
 
 def matmul_floor(arch, train, test, batch_size, device) -> Variant:
     """The GEMMs of one step (forward, grad-input except layer 1, grad-weight), per batch."""
-    b = batch_size
-    mats = []
-    for i, (fan_in, fan_out) in enumerate(arch.encoder_layers() + arch.decoder_layers()):
-        inp, weight, grad_out = (torch.randn(*s, device=device) for s in
-                                 ((b, fan_in), (fan_in, fan_out), (b, fan_out)))
-        mats.append((inp, weight))                    # forward
-        mats.append((grad_out, weight.T))             # grad of the input
-        mats.append((inp.T, grad_out))                # grad of the weight
-        if i == 0:
-            mats.pop(-2)                              # the data needs no gradient
+    mats = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device))
+            for m, k, n in step_products(arch.layers(), batch_size)]
     steps = len(train) // batch_size
 
     def epoch():
@@ -311,6 +313,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N "
                         "training images (smoke tests)")
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--gemm", default="default", choices=GEMM_CHOICES,
+                        help="the traced pyrovae variants' matrix products (Trainer's gemm)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     data = load_dataset("mnist", args.data_dir)
@@ -326,7 +330,12 @@ def main(argv=None) -> list[dict]:
         variants = {}
         for name in names:
             pyro.set_rng_seed(0)  # every variant starts from the same seed
-            variants[name] = VARIANTS[name](ARCHS[args.arch], train, test, batch_size, device)
+            options = {"gemm": args.gemm} if name.startswith("pyrovae_") else {}
+            variants[name] = VARIANTS[name](ARCHS[args.arch], train, test, batch_size, device,
+                                            **options)
+        limit = gemm_limit(ARCHS[args.arch].layers(), batch_size, len(train) // batch_size,
+                           device)
+        print(f"  batch {batch_size}: {limit.describe()}", flush=True)
         times = {name: [] for name in names}
         peaks = dict.fromkeys(names, 0.0)
         for epoch in range(args.epochs):
@@ -350,6 +359,8 @@ def main(argv=None) -> list[dict]:
                 "samples_per_second": (len(train) // batch_size) * batch_size / seconds,
                 "peak_mib": peaks[name] if device.type == "cuda" else None,
                 "test_elbo": variants[name].test_elbo(),
+                "gemm_limit_seconds": limit.seconds_per_epoch,
+                "gemm_limit_gflops": limit.best.best, "gemm_limit_library": limit.best.library,
             })
             print(f"  {name:14s} batch {batch_size:5d}: {seconds:8.3f} s/epoch "
                   f"(epochs: {', '.join(f'{t:.3f}' for t in times[name])})", flush=True)
@@ -364,8 +375,8 @@ def print_table(rows: list[dict], device: torch.device) -> None:
     print(f"\ndevice: {rows[0]['device']}; torch {torch.__version__}, pyro {pyro.__version__}; "
           f"arch {rows[0]['arch']}; {rows[0]['epochs']} epoch(s), median seconds per epoch")
     print(f"| variant | batch | s/epoch | samples/s | peak MiB | test ELBO | x faster than "
-          f"pyro_example | time / {hand} | time / matmul_floor |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"pyro_example | time / {hand} | time / matmul_floor | time / GEMM limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         same = {r["variant"]: r["seconds_per_epoch"] for r in rows
                 if r["batch_size"] == row["batch_size"]}
@@ -379,7 +390,8 @@ def print_table(rows: list[dict], device: torch.device) -> None:
               f"{row['samples_per_second']:,.0f} | {peak} | {row['test_elbo']:.2f} | "
               f"{ratio(same['pyro_example'] / t if 'pyro_example' in same else None)} | "
               f"{ratio(t / same[hand] if hand in same else None)} | "
-              f"{ratio(t / same['matmul_floor'] if 'matmul_floor' in same else None)} |")
+              f"{ratio(t / same['matmul_floor'] if 'matmul_floor' in same else None)} | "
+              f"{ratio(t / row['gemm_limit_seconds'])} |")
 
 
 if __name__ == "__main__":

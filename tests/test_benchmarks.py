@@ -43,7 +43,30 @@ def test_speed_benchmark_rows(shared_data_dir, tmp_path, capsys):
     # the traced step draws what the eager one does (its products: default or oneDNN)
     assert math.isclose(by_name["pyrovae_traced"]["test_elbo"],
                         by_name["pyrovae_eager"]["test_elbo"], rel_tol=1e-4)
-    assert "| pyrovae_eager | 256 |" in capsys.readouterr().out
+    # the GEMM limit: the step's products at the best rate measured, the same for every row
+    limits = {(r["gemm_limit_seconds"], r["gemm_limit_library"]) for r in rows}
+    assert len(limits) == 1 and next(iter(limits))[0] > 0
+    out = capsys.readouterr().out
+    assert "| pyrovae_eager | 256 |" in out and "GEMM limit: " in out
+    assert "time / GEMM limit |" in out
+
+
+def test_gemm_limit_counts_the_steps_products_and_uses_the_best_rate():
+    limit = load_script("gemm_limit")
+    layers = [(784, 400), (400, 100), (50, 400), (400, 784)]
+    shapes = limit.step_products(layers, 256)
+    # forward and weight gradient of every layer, input gradient of all but the first
+    assert len(shapes) == 3 * len(layers) - 1
+    assert shapes[:5] == [(256, 784, 400), (784, 256, 400),
+                          (256, 400, 100), (256, 100, 400), (400, 256, 100)]
+    per_step = sum(2 * 256 * i * o * (2 if n == 0 else 3) for n, (i, o) in enumerate(layers))
+    assert limit.flops(shapes) == per_step
+    found = limit.gemm_limit(layers, 256, steps=10, device=torch.device("cpu"), repeats=2)
+    assert found.gflop_per_epoch == pytest.approx(10 * per_step / 1e9)
+    assert found.best.best == max(r.best for r in found.rates) > 0
+    assert found.seconds_per_epoch == pytest.approx(found.gflop_per_epoch / found.best.best)
+    assert {r.library for r in found.rates} >= {"torch"}
+    assert "GEMM limit: " in found.describe() and found.best.library in found.describe()
 
 
 def test_own_model_benchmark_trains_pyros_example_both_ways_alike(shared_data_dir, tmp_path,
@@ -212,7 +235,7 @@ def test_reproduce_iwae_trains_first_then_scores_a_test_subset_and_pairs_rows(
 
 
 def test_the_docs_table_keeps_the_rows_of_other_runs():
-    iwae = load_script("reproduce_iwae")
+    iwae = load_script("iwae_table")
     old = ("| row | trained as | paper NLL | pyrovae NLL ± s.e. | epochs |\n|---|---|---|---|---|\n"
            "| vae-k1 | trace K=1 | 86.76 | 88.00 ± 0.24 | 1083 |\n"
            "| iwae-k5 | iwae K=5 | 85.54 | 90.00 ± 0.30 | 9 |\n")
@@ -252,3 +275,40 @@ def test_scaling_benchmark_rows(tmp_path):
     assert rows[0]["speedup"] == 1.0 and rows[1]["efficiency"] > 0
     assert json.loads((tmp_path / "rows.json").read_text())[1]["batch_per_rank"] == 8
 
+
+
+def test_choose_schedule_scores_pilots_on_held_out_images_and_runs_the_best(
+        shared_data_dir, tmp_path, capsys):
+    if not (shared_data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    choose = load_script("choose_schedule")
+    out = tmp_path / "pilots"
+    args = ["--data-dir", str(shared_data_dir), "--row", "vae-k1", "--pilot-minutes", "0.005",
+            "--pilots", "32:1e-3:1e-4", "64:3e-3:1e-4", "--validation", "40",
+            "--validation-k", "8", "--train-limit", "296", "--test-limit", "10",
+            "--device", "cpu", "--compile", "none", "--out", str(out)]
+    rows = choose.main(args + ["--final-minutes", "0.005"])
+    assert [(r["batch"], r["lr"], r["lr_end"]) for r in rows] == [(32, 1e-3, 1e-4),
+                                                                  (64, 3e-3, 1e-4)]
+    best = min(rows, key=lambda r: r["nll"])
+    for r in rows:
+        assert math.isfinite(r["nll"]) and r["nll_se"] > 0 and r["epochs"] >= 1
+        assert r["per_image"].shape == (40,) and r["weights"] == "trained"
+        assert float(r["per_image"].mean()) == pytest.approx(r["nll"])
+    text = (out / "pilots.md").read_text()
+    assert f"**{best['nll']:.2f} ± {best['nll_se']:.2f}**" in text and "+0.00 ± 0.00 |" in text
+    printed = capsys.readouterr().out
+    command = (f"--batch-size {best['batch']} --lr {best['lr']:g} --lr-end {best['lr_end']:g} "
+               "--validation 40")
+    assert command in printed
+    # the best schedule trained on the same 256 images, into OUT/final, and scored on test
+    final = json.loads((out / "final" / "vae-k1" / "result.json").read_text())
+    assert final["n_train"] == 256 and final["n_test"] == 10
+    assert final["schedule"].startswith(f"budget: 0.005 min, batch {best['batch']},")
+    # run again: the pilots' checkpoints and scores are kept, nothing is trained or scored
+    again = choose.main(args)
+    assert [r["nll"] for r in again] == [r["nll"] for r in rows]
+    printed = capsys.readouterr().out
+    assert printed.count("continuing from epoch") == 2 and "validation NLL," not in printed
+    with pytest.raises(SystemExit):
+        choose.main(args[:7] + ["32:1e-3"] + args[9:])  # BATCH:LR:LR_END, not BATCH:LR
