@@ -380,6 +380,28 @@ def test_inductor_trains_within_float32_rounding_of_eager(tiny_images):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_inductor_compiles_onednns_products_and_trains_as_torchs(tiny_images):
+    """oneDNN's linear is a custom operator to inductor: compiled as it is (inductor lowers
+    ``mkldnn._linear_pointwise`` itself only for constant weights, and failed on ours)."""
+    if not gemm.onednn_available():
+        pytest.skip("this torch has no oneDNN linear")
+    grey, _ = tiny_images
+    finals, statuses = [], []
+    for choice in ("default", "onednn"):
+        vae = make_vae(seed=1)
+        trainer = Trainer(vae, "trace", lr=1e-2, compile="inductor", gemm=choice)
+        torch.manual_seed(2)
+        trainer.fit(grey, epochs=2, batch_size=8, progress=False)
+        finals.append([p.detach().clone() for p in vae.parameters()])
+        statuses.append(trainer.stepper.traced.status)
+    if "inductor failed" in statuses[0]:
+        pytest.skip(f"inductor cannot compile on this machine: {statuses[0]}")
+    assert "matrix products: oneDNN" in statuses[1], statuses[1]
+    assert "compiled by inductor" in statuses[1] and "failed" not in statuses[1], statuses[1]
+    for default, onednn in zip(*finals):
+        torch.testing.assert_close(onednn, default, rtol=1e-4, atol=1e-5)
+
+
 def test_a_failed_inductor_compile_keeps_replaying_the_recording(monkeypatch, caplog):
     def broken(module, **kwargs):
         def run(*args):

@@ -34,14 +34,33 @@ def onednn_available() -> bool:
                                                              "_linear_pointwise")
 
 
-def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for 2-D float32 CPU tensors, by oneDNN."""
+# Custom operators, so that inductor calls them as they are (an external kernel) instead of
+# lowering oneDNN's linear itself, which it does only for weights that are graph constants.
+@torch.library.custom_op("pyrovae::onednn_mm", mutates_args=())
+def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
 
 
-def onednn_addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``bias + a @ b`` (``bias`` of shape ``(b.shape[1],)``), by oneDNN."""
+@torch.library.custom_op("pyrovae::onednn_addmm", mutates_args=())
+def _onednn_addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), bias, "none", [], "")
+
+
+@_onednn_mm.register_fake
+def _(a, b):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+@_onednn_addmm.register_fake
+def _(bias, a, b):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+onednn_mm = torch.ops.pyrovae.onednn_mm.default
+"""``onednn_mm(a, b)``: ``a @ b`` for 2-D float32 CPU tensors, by oneDNN."""
+onednn_addmm = torch.ops.pyrovae.onednn_addmm.default
+"""``onednn_addmm(bias, a, b)``: ``bias + a @ b`` (``bias`` of shape ``(b.shape[1],)``), by
+oneDNN."""
 
 
 @dataclass(frozen=True)
