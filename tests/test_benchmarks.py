@@ -15,6 +15,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def require_mnist(data_dir: Path) -> None:
+    """Skip, with the reason, where real MNIST is not on this machine."""
+    if not (data_dir / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {data_dir}/MNIST/raw")
+
+
 def load_script(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -24,8 +30,7 @@ def load_script(name):
 
 
 def test_speed_benchmark_rows(shared_data_dir, tmp_path, capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     speed = load_script("speed")
     out = tmp_path / "rows.json"
     speed.main(["--data-dir", str(shared_data_dir), "--limit", "1024", "--batch-sizes", "256",
@@ -71,8 +76,7 @@ def test_gemm_limit_counts_the_steps_products_and_uses_the_best_rate():
 
 def test_own_model_benchmark_trains_pyros_example_both_ways_alike(shared_data_dir, tmp_path,
                                                                    capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     own = load_script("own_model")
     out = tmp_path / "rows.json"
     rows = own.main(["--data-dir", str(shared_data_dir), "--limit", "512", "--rounds", "2",
@@ -86,8 +90,7 @@ def test_own_model_benchmark_trains_pyros_example_both_ways_alike(shared_data_di
 
 
 def test_speed_benchmark_iwae_arch_is_the_same_model_by_hand(shared_data_dir, capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     speed = load_script("speed")
     rows = speed.main(["--data-dir", str(shared_data_dir), "--limit", "512", "--batch-sizes",
                        "128", "--device", "cpu", "--arch", "iwae", "--variants",
@@ -101,8 +104,7 @@ def test_speed_benchmark_iwae_arch_is_the_same_model_by_hand(shared_data_dir, ca
 
 
 def test_reproduce_iwae_trains_resumes_and_writes_the_table(shared_data_dir, tmp_path, capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     iwae = load_script("reproduce_iwae")
     docs = tmp_path / "BENCH.md"
     docs.write_text("# title\n<!-- iwae-table -->\nold\n<!-- /iwae-table -->\ntail\n")
@@ -141,8 +143,7 @@ def test_reproduce_iwae_trains_resumes_and_writes_the_table(shared_data_dir, tmp
 
 def test_reproduce_iwae_chooses_averaged_or_trained_weights_on_a_validation_split(
         shared_data_dir, tmp_path, capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     iwae = load_script("reproduce_iwae")
     args = ["--data-dir", str(shared_data_dir), "--rows", "vae-k1", "--budget-minutes",
             "0.01", "--batch-size", "32", "--train-limit", "288", "--test-limit", "20",
@@ -170,8 +171,7 @@ def test_reproduce_iwae_chooses_averaged_or_trained_weights_on_a_validation_spli
 
 @pytest.mark.parametrize("row", ["conv-vae-k1", "dlogistic-vae-k1"])
 def test_reproduce_iwae_conv_and_8_bit_rows(shared_data_dir, tmp_path, capsys, row):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     iwae = load_script("reproduce_iwae")
     args = ["--data-dir", str(shared_data_dir), "--rows", row, "--budget-minutes", "0.01",
             "--batch-size", "32", "--train-limit", "64", "--test-limit", "8", "--nll-k", "4",
@@ -191,8 +191,7 @@ def test_reproduce_iwae_conv_and_8_bit_rows(shared_data_dir, tmp_path, capsys, r
 
 def test_reproduce_iwae_trains_first_then_scores_a_test_subset_and_pairs_rows(
         shared_data_dir, tmp_path, capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     iwae = load_script("reproduce_iwae")
     out = tmp_path / "out"
     args = ["--data-dir", str(shared_data_dir), "--rows", "vae-k1", "conv-vae-k1",
@@ -276,11 +275,9 @@ def test_scaling_benchmark_rows(tmp_path):
     assert json.loads((tmp_path / "rows.json").read_text())[1]["batch_per_rank"] == 8
 
 
-
 def test_choose_schedule_scores_pilots_on_held_out_images_and_runs_the_best(
         shared_data_dir, tmp_path, capsys):
-    if not (shared_data_dir / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {shared_data_dir}/MNIST/raw")
+    require_mnist(shared_data_dir)
     choose = load_script("choose_schedule")
     out = tmp_path / "pilots"
     args = ["--data-dir", str(shared_data_dir), "--row", "vae-k1", "--pilot-minutes", "0.005",
