@@ -19,7 +19,7 @@ pilot's validation NLL and its paired difference from the best pilot on the same
 whose standard error is far smaller than either NLL's own. It is printed and written to
 ``OUT/pilots.md`` (and ``OUT/pilots.json``).
 
-The best pilot's schedule, stretched to ``--final-minutes`` M, is printed as the
+The best pilot's schedule, stretched to ``--final-minutes`` M (60 unless given), is printed as the
 ``reproduce_iwae.py`` command that trains the row with it (and the same held-out images,
 from which its trained or averaged weights are chosen); with ``--final-minutes`` it is run,
 into ``OUT/final``. Pilots resume from their checkpoints, and scores are kept in
