@@ -69,7 +69,10 @@ def _seconds(run: Callable[[], None], sync: Callable[[], None], repeats: int) ->
     return statistics.median(times)
 
 
-def _torch_products(shapes, device, product):
+def torch_products(shapes: list[tuple[int, int, int]], device: torch.device,
+                   product: Callable = torch.mm) -> Callable[[], None]:
+    """A callable that runs ``product(a, b)`` once for each ``(m, k, n)`` of ``shapes``, on
+    random ``(m, k)`` and ``(k, n)`` operands made once on ``device``."""
     pairs = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device))
              for m, k, n in shapes]
 
@@ -99,12 +102,12 @@ def _jax_products(shapes):
 
 def _libraries(device: torch.device) -> dict[str, Callable]:
     """Library name -> ``make(shapes)`` giving a callable that runs those products once."""
-    libraries = {"torch": lambda shapes: _torch_products(shapes, device, torch.mm)}
+    libraries = {"torch": lambda shapes: torch_products(shapes, device)}
     if device.type == "cpu":
         from pyrovae.training import gemm
 
         if gemm.onednn_available():
-            libraries["oneDNN"] = lambda shapes: _torch_products(shapes, device, gemm.onednn_mm)
+            libraries["oneDNN"] = lambda shapes: torch_products(shapes, device, gemm.onednn_mm)
         try:
             import jax  # noqa: F401
         except ImportError:

@@ -57,7 +57,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import numpyro_vae  # noqa: E402
-from benchmarks.gemm_limit import gemm_limit, step_products  # noqa: E402
+from benchmarks.gemm_limit import gemm_limit, step_products, torch_products  # noqa: E402
 from pyrovae import VAE, Trainer, binarize, evaluate_elbo, load_dataset  # noqa: E402
 from pyrovae.components.machine import device_name  # noqa: E402
 from pyrovae.training.traced import GEMM_CHOICES  # noqa: E402
@@ -264,14 +264,12 @@ def _torch_graph_step(model, optimizer, example):
 
 def matmul_floor(arch, train, test, batch_size, device) -> Variant:
     """The GEMMs of one step (forward, grad-input except layer 1, grad-weight), per batch."""
-    mats = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device))
-            for m, k, n in step_products(arch.layers(), batch_size)]
+    step = torch_products(step_products(arch.layers(), batch_size), device)
     steps = len(train) // batch_size
 
     def epoch():
         for _ in range(steps):
-            for a, m in mats:
-                torch.mm(a, m)
+            step()
 
     return Variant(epoch, lambda: math.nan, device)
 
